@@ -1,0 +1,56 @@
+//! The one trait every runtime implements. The core never sees ONNX Runtime or tract types.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use thiserror::Error;
+
+use crate::datatype::DataType;
+use crate::tensor::Tensor;
+
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("cannot load {path}: {reason}")]
+    Load { path: String, reason: String },
+    #[error("{0}")]
+    Run(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// One model input or output as the model file declares it; -1 marks a free dimension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoSpec {
+    pub name: String,
+    pub dtype: DataType,
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Signature {
+    pub inputs: Vec<IoSpec>,
+    pub outputs: Vec<IoSpec>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Threads inside one operator; the repository divides the cores among instances.
+    pub intra_op_threads: usize,
+    pub inter_op_threads: usize,
+    /// The model config's `parameters`, for backend-specific knobs.
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// A runtime that can open model files.
+pub trait Backend: Send + Sync {
+    /// The name used in `backend:` and in logs.
+    fn name(&self) -> &'static str;
+    fn load(&self, model_file: &Path, options: &LoadOptions) -> Result<Box<dyn Session>, BackendError>;
+}
+
+/// One loaded copy of a model (one instance of an instance group). Not shared between threads.
+pub trait Session: Send {
+    fn signature(&self) -> &Signature;
+    /// Runs the model; inputs are in signature order, outputs come back in signature order.
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
+}

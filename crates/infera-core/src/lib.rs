@@ -1,0 +1,19 @@
+//! infera's serving core: tensors, model configs, the model repository, the dynamic-batching
+//! scheduler and the backend trait. It knows no wire protocol; front-ends translate to it.
+
+pub mod backend;
+pub mod config;
+pub mod datatype;
+pub mod error;
+pub mod metrics;
+pub mod repository;
+pub mod request;
+pub mod scheduler;
+pub mod server;
+pub mod stats;
+pub mod tensor;
+
+pub use datatype::DataType;
+pub use error::{ErrorKind, ServeError, ServeResult};
+pub use server::InferenceServer;
+pub use tensor::{Tensor, TensorData};

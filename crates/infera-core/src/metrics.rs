@@ -1,0 +1,182 @@
+//! Prometheus metrics. Names follow Triton's (`nv_inference_*`) so existing Grafana
+//! dashboards and alerts keep working; histograms add what Triton's counters cannot show.
+
+use std::time::Duration;
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub success: IntCounterVec,
+    pub failure: IntCounterVec,
+    pub inference_count: IntCounterVec,
+    pub exec_count: IntCounterVec,
+    pub request_us: IntCounterVec,
+    pub queue_us: IntCounterVec,
+    pub compute_infer_us: IntCounterVec,
+    pub pending: IntGaugeVec,
+    pub queue_seconds: HistogramVec,
+    pub compute_seconds: HistogramVec,
+    pub request_seconds: HistogramVec,
+    pub batch_size: HistogramVec,
+}
+
+const LABELS: &[&str] = &["model", "version"];
+
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0, 2.5,
+    ]
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, extra: &[&str]| {
+            let labels: Vec<&str> = LABELS.iter().chain(extra).copied().collect();
+            let c = IntCounterVec::new(Opts::new(name, help), &labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let hist = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), LABELS)
+                .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let pending = IntGaugeVec::new(
+            Opts::new(
+                "nv_inference_pending_request_count",
+                "Requests waiting in the queue or running",
+            ),
+            LABELS,
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(pending.clone()))
+            .expect("unique metric");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique metric");
+        Metrics {
+            success: counter("nv_inference_request_success", "Successful requests", &[]),
+            failure: counter("nv_inference_request_failure", "Failed requests", &["reason"]),
+            inference_count: counter(
+                "nv_inference_count",
+                "Inferences performed (a batch of n counts n)",
+                &[],
+            ),
+            exec_count: counter("nv_inference_exec_count", "Model executions (batches)", &[]),
+            request_us: counter(
+                "nv_inference_request_duration_us",
+                "Cumulative end-to-end request time in microseconds",
+                &[],
+            ),
+            queue_us: counter(
+                "nv_inference_queue_duration_us",
+                "Cumulative time requests waited in the queue, in microseconds",
+                &[],
+            ),
+            compute_infer_us: counter(
+                "nv_inference_compute_infer_duration_us",
+                "Cumulative model execution time in microseconds",
+                &[],
+            ),
+            pending,
+            queue_seconds: hist(
+                "infera_queue_duration_seconds",
+                "Time a request waited in the queue",
+                latency_buckets(),
+            ),
+            compute_seconds: hist(
+                "infera_compute_duration_seconds",
+                "Time one batch spent in the model",
+                latency_buckets(),
+            ),
+            request_seconds: hist(
+                "infera_request_duration_seconds",
+                "End-to-end request time inside the server",
+                latency_buckets(),
+            ),
+            batch_size: hist(
+                "infera_batch_size",
+                "Items per model execution",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition format for `/metrics`.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+
+    pub fn for_version(&self, model: &str, version: i64) -> VersionMetrics {
+        let v = version.to_string();
+        let l = [model, v.as_str()];
+        VersionMetrics {
+            metrics: self.clone(),
+            model: model.to_string(),
+            version: v.clone(),
+            inference_count: self.inference_count.with_label_values(&l),
+            exec_count: self.exec_count.with_label_values(&l),
+            queue_us: self.queue_us.with_label_values(&l),
+            compute_infer_us: self.compute_infer_us.with_label_values(&l),
+            pending: self.pending.with_label_values(&l),
+            queue_seconds: self.queue_seconds.with_label_values(&l),
+            compute_seconds: self.compute_seconds.with_label_values(&l),
+            batch_size: self.batch_size.with_label_values(&l),
+            success: self.success.with_label_values(&l),
+            request_us: self.request_us.with_label_values(&l),
+            request_seconds: self.request_seconds.with_label_values(&l),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The metric children of one model version, resolved once so the hot path does no lookups.
+#[derive(Clone)]
+pub struct VersionMetrics {
+    metrics: Metrics,
+    model: String,
+    version: String,
+    pub inference_count: prometheus::IntCounter,
+    pub exec_count: prometheus::IntCounter,
+    pub queue_us: prometheus::IntCounter,
+    pub compute_infer_us: prometheus::IntCounter,
+    pub pending: prometheus::IntGauge,
+    pub queue_seconds: prometheus::Histogram,
+    pub compute_seconds: prometheus::Histogram,
+    pub batch_size: prometheus::Histogram,
+    pub success: prometheus::IntCounter,
+    pub request_us: prometheus::IntCounter,
+    pub request_seconds: prometheus::Histogram,
+}
+
+impl VersionMetrics {
+    pub fn record_request(&self, result: Result<(), &str>, total: Duration) {
+        match result {
+            Ok(()) => self.success.inc(),
+            Err(reason) => self
+                .metrics
+                .failure
+                .with_label_values(&[&self.model, &self.version, reason])
+                .inc(),
+        }
+        self.request_us.inc_by(total.as_micros() as u64);
+        self.request_seconds.observe(total.as_secs_f64());
+    }
+}

@@ -1,0 +1,502 @@
+//! Per model-version request queue and workers: Triton's dynamic batcher.
+//!
+//! Each instance (session) has its own OS thread. A free worker forms the next batch
+//! itself, so batches grow naturally while every worker is busy, and a queue delay is
+//! only waited for when a worker is idle. Requests are grouped only with requests whose
+//! non-batch shapes match, so batching never changes a result.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::oneshot;
+
+use crate::backend::Session;
+use crate::error::{ErrorKind, ServeError, ServeResult};
+use crate::metrics::VersionMetrics;
+use crate::stats::{ModelStats, RequestTiming};
+use crate::tensor::Tensor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutAction {
+    Reject,
+    Delay,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuePolicy {
+    pub timeout_action: TimeoutAction,
+    pub default_timeout: Option<Duration>,
+    pub allow_timeout_override: bool,
+    /// 0 = no per-level bound (the scheduler-wide bound still applies).
+    pub max_queue_size: usize,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy {
+            timeout_action: TimeoutAction::Reject,
+            default_timeout: None,
+            allow_timeout_override: false,
+            max_queue_size: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchPolicy {
+    /// 0: the model has no batch dimension; each request runs alone.
+    pub max_batch_size: usize,
+    /// `None`: Triton's default scheduler (no batching across requests).
+    pub dynamic: Option<DynamicBatching>,
+    /// The scheduler-wide bound on queued requests; beyond it requests are refused (HTTP 429).
+    pub max_queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynamicBatching {
+    /// Ascending.
+    pub preferred: Vec<usize>,
+    pub max_delay: Duration,
+    /// 0 = one level. Level 1 is the highest priority.
+    pub priority_levels: usize,
+    pub default_level: usize,
+    /// Index 0 for the single level or level 1; index n-1 for level n.
+    pub level_policies: Vec<QueuePolicy>,
+}
+
+/// A request ready for the model: inputs in model order, already in the model's shapes.
+#[derive(Debug)]
+pub struct Job {
+    pub inputs: Vec<Tensor>,
+    /// Items in the batch dimension (1 for models without one).
+    pub batch: usize,
+    /// 0 = the default level.
+    pub priority: usize,
+    /// The request's own timeout, honoured when the level's policy allows overriding.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub struct JobOutput {
+    /// All model outputs, in model order, this request's rows only.
+    pub outputs: Vec<Tensor>,
+    pub timing: RequestTiming,
+}
+
+pub type JobResult = ServeResult<JobOutput>;
+
+struct Pending {
+    job: Job,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+    tx: oneshot::Sender<JobResult>,
+}
+
+struct Queues {
+    /// One deque per priority level (one when levels are off).
+    levels: Vec<VecDeque<Pending>>,
+    /// Requests whose timeout passed under a DELAY policy: served after all others.
+    delayed: VecDeque<Pending>,
+    len: usize,
+    shutdown: bool,
+}
+
+struct Shared {
+    model: String,
+    policy: BatchPolicy,
+    queues: Mutex<Queues>,
+    ready: Condvar,
+    stats: Arc<ModelStats>,
+    metrics: VersionMetrics,
+}
+
+/// The queue and workers of one model version. Dropping it lets the workers finish
+/// what is queued, then stop.
+pub struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+impl Scheduler {
+    pub fn new(
+        model: &str,
+        sessions: Vec<Box<dyn Session>>,
+        policy: BatchPolicy,
+        stats: Arc<ModelStats>,
+        metrics: VersionMetrics,
+    ) -> std::io::Result<Scheduler> {
+        let levels = policy
+            .dynamic
+            .as_ref()
+            .map_or(1, |d| d.priority_levels.max(1));
+        let shared = Arc::new(Shared {
+            model: model.to_string(),
+            policy,
+            queues: Mutex::new(Queues {
+                levels: (0..levels).map(|_| VecDeque::new()).collect(),
+                delayed: VecDeque::new(),
+                len: 0,
+                shutdown: false,
+            }),
+            ready: Condvar::new(),
+            stats,
+            metrics,
+        });
+        for (i, session) in sessions.into_iter().enumerate() {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("{model}-{i}"))
+                .spawn(move || worker(s, session))?;
+        }
+        Ok(Scheduler { shared })
+    }
+
+    /// Queues a job. Fails at once (never blocks) when the queue is full.
+    pub fn submit(&self, job: Job) -> ServeResult<oneshot::Receiver<JobResult>> {
+        let s = &self.shared;
+        let now = Instant::now();
+        let (level, policy) = s.level_of(job.priority)?;
+        let timeout = match (job.timeout, policy) {
+            (Some(t), Some(p)) if p.allow_timeout_override => Some(t),
+            (_, Some(p)) => p.default_timeout,
+            (t, None) => t,
+        };
+        let (tx, rx) = oneshot::channel();
+        let mut q = s.queues.lock();
+        if q.shutdown {
+            return Err(ServeError::unavailable(format!(
+                "model '{}' is being unloaded",
+                s.model
+            )));
+        }
+        if q.len >= s.policy.max_queue {
+            return Err(ServeError::new(
+                ErrorKind::QueueFull,
+                format!(
+                    "model '{}' has {} requests queued (the limit); retry later",
+                    s.model, q.len
+                ),
+            ));
+        }
+        if let Some(p) = policy {
+            if p.max_queue_size > 0 && q.levels[level].len() >= p.max_queue_size {
+                return Err(ServeError::new(
+                    ErrorKind::QueueFull,
+                    format!(
+                        "Exceeds maximum queue size: model '{}' priority level {} holds {} requests",
+                        s.model,
+                        level + 1,
+                        p.max_queue_size
+                    ),
+                ));
+            }
+        }
+        q.levels[level].push_back(Pending {
+            job,
+            enqueued: now,
+            deadline: timeout.map(|t| now + t),
+            tx,
+        });
+        q.len += 1;
+        s.metrics.pending.inc();
+        drop(q);
+        s.ready.notify_one();
+        Ok(rx)
+    }
+
+    pub fn queued(&self) -> usize {
+        self.shared.queues.lock().len
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.shared.queues.lock().shutdown = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+impl Shared {
+    fn level_of(&self, priority: usize) -> ServeResult<(usize, Option<&QueuePolicy>)> {
+        let Some(d) = &self.policy.dynamic else {
+            return Ok((0, None));
+        };
+        if d.priority_levels == 0 {
+            return Ok((0, d.level_policies.first()));
+        }
+        let level = if priority == 0 { d.default_level } else { priority };
+        if level > d.priority_levels {
+            return Err(ServeError::invalid(format!(
+                "priority {priority} is outside 1..={} for model '{}'",
+                d.priority_levels, self.model
+            )));
+        }
+        Ok((level - 1, d.level_policies.get(level - 1)))
+    }
+
+    /// Drops requests whose client went away, and applies queue timeouts.
+    fn expire(&self, q: &mut Queues, now: Instant) -> Option<Instant> {
+        let mut next_deadline: Option<Instant> = None;
+        let mut removed = 0usize;
+        let policies = self.policy.dynamic.as_ref().map(|d| &d.level_policies);
+        let Queues {
+            levels, delayed, ..
+        } = q;
+        for (level, queue) in levels.iter_mut().enumerate() {
+            let action = policies
+                .and_then(|p| p.get(level))
+                .map_or(TimeoutAction::Reject, |p| p.timeout_action);
+            let mut i = 0;
+            while i < queue.len() {
+                let p = &queue[i];
+                if p.tx.is_closed() {
+                    queue.remove(i);
+                    removed += 1;
+                    continue;
+                }
+                match p.deadline {
+                    Some(d) if d <= now => {
+                        if let Some(p) = queue.remove(i) {
+                            match action {
+                                TimeoutAction::Reject => {
+                                    removed += 1;
+                                    let _ = p.tx.send(Err(ServeError::unavailable(
+                                        "Request timeout expired",
+                                    )));
+                                }
+                                TimeoutAction::Delay => delayed.push_back(Pending {
+                                    deadline: None,
+                                    ..p
+                                }),
+                            }
+                        }
+                        continue;
+                    }
+                    Some(d) => next_deadline = Some(next_deadline.map_or(d, |n| n.min(d))),
+                    None => {}
+                }
+                i += 1;
+            }
+        }
+        let before = delayed.len();
+        delayed.retain(|p| !p.tx.is_closed());
+        removed += before - delayed.len();
+        if removed > 0 {
+            q.len -= removed;
+            self.metrics.pending.sub(removed as i64);
+        }
+        next_deadline
+    }
+
+    /// Picks the next batch, or says how long to wait for one.
+    fn pick(&self, q: &mut Queues, now: Instant) -> Pick {
+        let order: Vec<(bool, usize)> = (0..q.levels.len())
+            .map(|l| (false, l))
+            .chain(std::iter::once((true, 0)))
+            .collect();
+        let queue_of = |q: &Queues, (delayed, l): (bool, usize)| -> usize {
+            if delayed { q.delayed.len() } else { q.levels[l].len() }
+        };
+        let Some(&head_queue) = order.iter().find(|&&k| queue_of(q, k) > 0) else {
+            return Pick::Empty;
+        };
+        let head = at(q, head_queue, 0);
+        let Some(d) = &self.policy.dynamic else {
+            return Pick::Take(vec![(head_queue, 0)]);
+        };
+        let max = self.policy.max_batch_size.max(1);
+        let key: Vec<&[usize]> = head.job.inputs.iter().map(|t| &t.shape[1..]).collect();
+        let mut chosen = Vec::new();
+        let mut total = 0usize;
+        'outer: for &k in &order {
+            for i in 0..queue_of(q, k) {
+                let p = at(q, k, i);
+                let fits = p.job.inputs.len() == key.len()
+                    && p.job.inputs.iter().zip(&key).all(|(t, s)| &t.shape[1..] == *s);
+                if !fits || total + p.job.batch > max {
+                    if total >= max {
+                        break 'outer;
+                    }
+                    continue;
+                }
+                chosen.push((k, i));
+                total += p.job.batch;
+            }
+        }
+        let full = total >= max || d.preferred.last().is_some_and(|&p| total >= p);
+        if full || d.preferred.contains(&total) || q.shutdown {
+            return Pick::Take(chosen);
+        }
+        let due = head.enqueued + d.max_delay;
+        if now < due {
+            return Pick::WaitUntil(due);
+        }
+        // The delay is over: send the largest preferred size we can, else everything.
+        if let Some(&p) = d.preferred.iter().rev().find(|&&p| p <= total) {
+            let mut sum = 0;
+            let cut = chosen
+                .iter()
+                .position(|&(k, i)| {
+                    sum += at(q, k, i).job.batch;
+                    sum > p
+                })
+                .unwrap_or(chosen.len());
+            chosen.truncate(cut.max(1));
+        }
+        Pick::Take(chosen)
+    }
+}
+
+fn at(q: &Queues, (delayed, l): (bool, usize), i: usize) -> &Pending {
+    if delayed { &q.delayed[i] } else { &q.levels[l][i] }
+}
+
+enum Pick {
+    Empty,
+    WaitUntil(Instant),
+    Take(Vec<((bool, usize), usize)>),
+}
+
+fn take(q: &mut Queues, mut chosen: Vec<((bool, usize), usize)>) -> Vec<Pending> {
+    // Remove from the back so earlier indices stay valid.
+    chosen.sort_by(|a, b| b.cmp(a));
+    let mut out: Vec<Pending> = chosen
+        .into_iter()
+        .filter_map(|((delayed, l), i)| {
+            if delayed {
+                q.delayed.remove(i)
+            } else {
+                q.levels[l].remove(i)
+            }
+        })
+        .collect();
+    out.reverse();
+    q.len -= out.len();
+    out
+}
+
+fn worker(s: Arc<Shared>, mut session: Box<dyn Session>) {
+    loop {
+        let batch = {
+            let mut q = s.queues.lock();
+            loop {
+                let now = Instant::now();
+                let next_deadline = s.expire(&mut q, now);
+                match s.pick(&mut q, now) {
+                    Pick::Take(chosen) => break take(&mut q, chosen),
+                    Pick::Empty if q.shutdown => return,
+                    Pick::Empty => match next_deadline {
+                        Some(d) => {
+                            s.ready.wait_until(&mut q, d);
+                        }
+                        None => s.ready.wait(&mut q),
+                    },
+                    Pick::WaitUntil(due) => {
+                        let until = next_deadline.map_or(due, |d| d.min(due));
+                        s.ready.wait_until(&mut q, until);
+                    }
+                }
+            }
+        };
+        s.metrics.pending.sub(batch.len() as i64);
+        if !batch.is_empty() {
+            execute(&s, session.as_mut(), batch);
+        }
+    }
+}
+
+fn execute(s: &Shared, session: &mut dyn Session, batch: Vec<Pending>) {
+    let start = Instant::now();
+    let sizes: Vec<usize> = batch.iter().map(|p| p.job.batch).collect();
+    let total: usize = sizes.iter().sum();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        run_batch(session, &batch, &sizes, s.policy.max_batch_size > 0)
+    }))
+    .unwrap_or_else(|_| {
+        Err(ServeError::internal(format!(
+            "the runtime failed while running model '{}'",
+            s.model
+        )))
+    });
+    match result {
+        Ok((per_request, t_in, t_infer, t_out)) => {
+            let timing = RequestTiming {
+                queue: Duration::ZERO,
+                compute_input: t_in,
+                compute_infer: t_infer,
+                compute_output: t_out,
+            };
+            let timings: Vec<RequestTiming> = batch
+                .iter()
+                .map(|p| RequestTiming {
+                    queue: start.saturating_duration_since(p.enqueued),
+                    ..timing
+                })
+                .collect();
+            s.stats.record_execution(total, &timing, &timings);
+            s.metrics.exec_count.inc();
+            s.metrics.inference_count.inc_by(total as u64);
+            s.metrics.batch_size.observe(total as f64);
+            s.metrics.compute_seconds.observe(t_infer.as_secs_f64());
+            s.metrics.compute_infer_us.inc_by(t_infer.as_micros() as u64);
+            for ((p, outputs), t) in batch.into_iter().zip(per_request).zip(timings) {
+                s.metrics.queue_seconds.observe(t.queue.as_secs_f64());
+                s.metrics.queue_us.inc_by(t.queue.as_micros() as u64);
+                let _ = p.tx.send(Ok(JobOutput { outputs, timing: t }));
+            }
+        }
+        Err(e) => {
+            for p in batch {
+                let _ = p.tx.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+type BatchRun = (Vec<Vec<Tensor>>, Duration, Duration, Duration);
+
+fn run_batch(
+    session: &mut dyn Session,
+    batch: &[Pending],
+    sizes: &[usize],
+    batched: bool,
+) -> ServeResult<BatchRun> {
+    let t0 = Instant::now();
+    let n_inputs = batch.first().map_or(0, |p| p.job.inputs.len());
+    let inputs: Vec<Tensor> = if batch.len() == 1 {
+        batch[0].job.inputs.clone()
+    } else {
+        (0..n_inputs)
+            .map(|i| {
+                let parts: Vec<&Tensor> = batch.iter().map(|p| &p.job.inputs[i]).collect();
+                Tensor::concat(&parts)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| ServeError::internal(format!("batching inputs: {e}")))?
+    };
+    let t1 = Instant::now();
+    let outputs = session
+        .run(&inputs)
+        .map_err(|e| ServeError::internal(e.to_string()))?;
+    let t2 = Instant::now();
+    let mut per_request: Vec<Vec<Tensor>> = (0..batch.len()).map(|_| Vec::new()).collect();
+    for out in outputs {
+        let parts = if batch.len() == 1 || !batched {
+            vec![out]
+        } else {
+            out.split(sizes).map_err(|_| {
+                ServeError::internal(format!(
+                    "model returned an output of shape {:?}, which does not hold the batch of {}",
+                    out.shape,
+                    sizes.iter().sum::<usize>()
+                ))
+            })?
+        };
+        for (r, part) in per_request.iter_mut().zip(parts) {
+            r.push(part);
+        }
+    }
+    Ok((per_request, t1 - t0, t2 - t1, t2.elapsed()))
+}

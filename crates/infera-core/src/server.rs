@@ -1,0 +1,369 @@
+//! The protocol-neutral server: what every front-end calls. It validates requests against
+//! the model config, hands them to the model's scheduler and shapes the response.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::error::{ErrorKind, ServeError, ServeResult};
+use crate::metrics::Metrics;
+use crate::repository::{IoDesc, Model, ModelRepository};
+use crate::request::{InferRequest, InferResponse, ModelMetadata, OutputTensor};
+use crate::scheduler::Job;
+use crate::stats::StatsSnapshot;
+use crate::tensor::{Tensor, TensorData, element_count};
+
+/// Extensions that are really implemented; `/v2` advertises exactly these.
+pub const EXTENSIONS: &[&str] = &[
+    "classification",
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+];
+
+pub struct InferenceServer {
+    pub repository: Arc<ModelRepository>,
+    pub metrics: Metrics,
+    shutting_down: AtomicBool,
+}
+
+pub struct VersionStats {
+    pub name: String,
+    pub version: String,
+    pub stats: StatsSnapshot,
+}
+
+impl InferenceServer {
+    pub fn new(repository: Arc<ModelRepository>, metrics: Metrics) -> InferenceServer {
+        InferenceServer {
+            repository,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        "infera"
+    }
+
+    pub fn version(&self) -> &'static str {
+        env!("CARGO_PKG_VERSION")
+    }
+
+    pub fn live(&self) -> bool {
+        true
+    }
+
+    /// Ready while not draining for shutdown.
+    pub fn ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn model(&self, name: &str) -> ServeResult<Arc<Model>> {
+        self.repository.get(name)
+    }
+
+    pub fn model_ready(&self, name: &str, version: Option<i64>) -> bool {
+        self.repository
+            .get(name)
+            .is_ok_and(|m| m.version(version).is_ok())
+    }
+
+    pub fn model_metadata(&self, name: &str, version: Option<i64>) -> ServeResult<ModelMetadata> {
+        let m = self.repository.get(name)?;
+        m.version(version)?;
+        Ok(m.metadata())
+    }
+
+    /// Statistics for one model (and version), or every ready model when `name` is empty.
+    pub fn statistics(&self, name: &str, version: Option<i64>) -> ServeResult<Vec<VersionStats>> {
+        let models = if name.is_empty() {
+            self.repository.ready_models()
+        } else {
+            vec![self.repository.get(name)?]
+        };
+        let mut out = Vec::new();
+        for m in models {
+            let versions: Vec<_> = match version {
+                Some(_) => vec![m.version(version)?.clone()],
+                None => m.versions.values().cloned().collect(),
+            };
+            for v in versions {
+                out.push(VersionStats {
+                    name: m.name.clone(),
+                    version: v.version.to_string(),
+                    stats: v.stats.snapshot(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn load(&self, name: &str, config_json: Option<String>) -> ServeResult<()> {
+        let repo = self.repository.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || repo.load(&name, config_json.as_deref()))
+            .await
+            .map_err(|e| ServeError::internal(format!("model load task failed: {e}")))?
+    }
+
+    pub fn unload(&self, name: &str) -> ServeResult<()> {
+        self.repository.unload(name)
+    }
+
+    pub async fn infer(&self, req: InferRequest) -> ServeResult<InferResponse> {
+        let start = Instant::now();
+        let model = self.repository.get(&req.model)?;
+        let version = model.version(req.version)?.clone();
+        let result = self.run(&model, &version, req).await;
+        let total = start.elapsed();
+        version.stats.record_request(result.is_ok(), total);
+        version.metrics.record_request(
+            result.as_ref().map(|_| ()).map_err(|e| match e.kind {
+                ErrorKind::InvalidArgument | ErrorKind::NotFound => "REJECTED",
+                ErrorKind::QueueFull | ErrorKind::Unavailable => "CANCELED",
+                _ => "OTHER",
+            }),
+            total,
+        );
+        result
+    }
+
+    async fn run(
+        &self,
+        model: &Model,
+        version: &crate::repository::ModelVersion,
+        req: InferRequest,
+    ) -> ServeResult<InferResponse> {
+        let requested = resolve_outputs(model, &req)?;
+        let (job, batch) = prepare(model, req.inputs, req.priority, req.timeout)?;
+        let rx = version.scheduler.submit(job)?;
+        let out = rx
+            .await
+            .map_err(|_| ServeError::internal("the model worker stopped before answering"))??;
+        let mut outputs = Vec::with_capacity(requested.len());
+        for (io, classification) in requested {
+            let t = out.outputs.get(io.index).ok_or_else(|| {
+                ServeError::internal(format!("model did not produce output '{}'", io.name))
+            })?;
+            let t = to_client_shape(model, io, t.clone(), batch)?;
+            let tensor = match classification {
+                Some(k) => classify(&t, k, io.labels.as_deref().map(Vec::as_slice), model.max_batch_size() > 0)?,
+                None => t,
+            };
+            outputs.push(OutputTensor {
+                name: io.name.clone(),
+                tensor,
+            });
+        }
+        Ok(InferResponse {
+            model_name: model.name.clone(),
+            model_version: version.version.to_string(),
+            id: req.id,
+            outputs,
+        })
+    }
+}
+
+fn resolve_outputs<'m>(model: &'m Model, req: &InferRequest) -> ServeResult<Vec<(&'m IoDesc, Option<usize>)>> {
+    if req.outputs.is_empty() {
+        return Ok(model.outputs.iter().map(|o| (o, None)).collect());
+    }
+    req.outputs
+        .iter()
+        .map(|r| {
+            let io = model.outputs.iter().find(|o| o.name == r.name).ok_or_else(|| {
+                ServeError::invalid(format!(
+                    "unexpected inference output '{}' for model '{}'",
+                    r.name, model.name
+                ))
+            })?;
+            if r.classification == Some(0) {
+                return Err(ServeError::invalid(format!(
+                    "classification count for output '{}' must be at least 1",
+                    r.name
+                )));
+            }
+            Ok((io, r.classification))
+        })
+        .collect()
+}
+
+fn shape_str(s: &[i64]) -> String {
+    let parts: Vec<String> = s.iter().map(i64::to_string).collect();
+    format!("[{}]", parts.join(","))
+}
+
+/// Checks the inputs against the config and puts them in model order and model shape.
+fn prepare(
+    model: &Model,
+    inputs: Vec<crate::request::InputTensor>,
+    priority: usize,
+    timeout: Option<std::time::Duration>,
+) -> ServeResult<(Job, usize)> {
+    let mbs = model.max_batch_size();
+    let mut slots: Vec<Option<Tensor>> = vec![None; model.model_input_count];
+    let mut batch: Option<usize> = None;
+    let given = inputs.len();
+    for input in inputs {
+        let io = model.inputs.iter().find(|i| i.name == input.name).ok_or_else(|| {
+            ServeError::invalid(format!(
+                "unexpected inference input '{}' for model '{}'; it takes {:?}",
+                input.name,
+                model.name,
+                model.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>()
+            ))
+        })?;
+        if slots[io.index].is_some() {
+            return Err(ServeError::invalid(format!(
+                "input '{}' is given more than once",
+                io.name
+            )));
+        }
+        let mut t = input.tensor;
+        if t.dtype != io.dtype {
+            return Err(ServeError::invalid(format!(
+                "inference input '{}' data-type is '{}', but model '{}' expects '{}'",
+                io.name, t.dtype, model.name, io.dtype
+            )));
+        }
+        let expected: Vec<i64> = (mbs > 0).then_some(-1).into_iter().chain(io.dims.iter().copied()).collect();
+        let got: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        let fits = expected.len() == got.len()
+            && expected.iter().zip(&got).all(|(&e, &g)| e == -1 || e == g);
+        if !fits {
+            return Err(ServeError::invalid(format!(
+                "unexpected shape for input '{}' for model '{}'. Expected {}, got {}",
+                io.name,
+                model.name,
+                shape_str(&expected),
+                shape_str(&got)
+            )));
+        }
+        let b = if mbs > 0 { t.shape[0] } else { 1 };
+        if mbs > 0 {
+            if b == 0 || b > mbs {
+                return Err(ServeError::invalid(format!(
+                    "inference request batch-size must be <= {mbs} for '{}' (got {b})",
+                    model.name
+                )));
+            }
+            if let Some(prev) = batch.filter(|&p| p != b) {
+                return Err(ServeError::invalid(format!(
+                    "input '{}' has batch size {b} but an earlier input has {prev}",
+                    io.name
+                )));
+            }
+        }
+        batch = Some(b);
+        if let Some(r) = &io.reshape {
+            t.shape = reshape(&t, r, mbs > 0).ok_or_else(|| {
+                ServeError::invalid(format!(
+                    "input '{}' of shape {:?} cannot be reshaped to {:?}",
+                    io.name, t.shape, r
+                ))
+            })?;
+        }
+        slots[io.index] = Some(t);
+    }
+    let inputs: Vec<Tensor> = slots.into_iter().collect::<Option<_>>().ok_or_else(|| {
+        ServeError::invalid(format!(
+            "expected {} inputs but got {given} inputs for model '{}'",
+            model.inputs.len(),
+            model.name
+        ))
+    })?;
+    let batch = batch.unwrap_or(1);
+    Ok((
+        Job {
+            inputs,
+            batch,
+            priority,
+            timeout,
+        },
+        batch,
+    ))
+}
+
+/// `[batch] + target`, with one -1 in `target` resolved from the element count.
+fn reshape(t: &Tensor, target: &[i64], batched: bool) -> Option<Vec<usize>> {
+    let total = element_count(&t.shape).ok()?;
+    let lead: Vec<usize> = if batched { vec![*t.shape.first()?] } else { vec![] };
+    let per = total.checked_div(lead.iter().product::<usize>().max(1))?;
+    let known: usize = target.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
+    let mut out = lead;
+    for &d in target {
+        out.push(if d == -1 { per.checked_div(known)? } else { d as usize });
+    }
+    (element_count(&out).ok()? == total).then_some(out)
+}
+
+fn to_client_shape(model: &Model, io: &IoDesc, mut t: Tensor, batch: usize) -> ServeResult<Tensor> {
+    if io.reshape.is_some() {
+        let batched = model.max_batch_size() > 0;
+        let mut target = io.dims.clone();
+        if batched {
+            target.insert(0, batch as i64);
+        }
+        t.shape = reshape(
+            &Tensor {
+                shape: vec![t.element_count()],
+                ..t.clone()
+            },
+            &target,
+            false,
+        )
+        .ok_or_else(|| {
+            ServeError::internal(format!(
+                "output '{}' of shape {:?} does not fit the configured dims {:?}",
+                io.name, t.shape, io.dims
+            ))
+        })?;
+    }
+    Ok(t)
+}
+
+/// Triton's classification extension: per batch row, the top k as "score:index[:label]".
+fn classify(t: &Tensor, k: usize, labels: Option<&[String]>, batched: bool) -> ServeResult<Tensor> {
+    let values: Vec<f64> = match t.to_json() {
+        serde_json::Value::Array(v) if t.dtype != crate::datatype::DataType::Bytes => {
+            v.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()
+        }
+        _ => {
+            return Err(ServeError::invalid(
+                "classification needs a numeric output".to_string(),
+            ));
+        }
+    };
+    let rows = if batched { t.shape.first().copied().unwrap_or(1).max(1) } else { 1 };
+    let per_row = values.len() / rows;
+    let k = k.min(per_row);
+    let mut strings = Vec::with_capacity(rows * k);
+    for row in values.chunks(per_row.max(1)).take(rows) {
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        for &i in idx.iter().take(k) {
+            let s = match labels.and_then(|l| l.get(i)) {
+                Some(label) => format!("{:.6}:{i}:{label}", row[i]),
+                None => format!("{:.6}:{i}", row[i]),
+            };
+            strings.push(Bytes::from(s));
+        }
+    }
+    let shape = if batched { vec![rows, k] } else { vec![k] };
+    Tensor::from_strings(shape, strings).map_err(|e| ServeError::internal(e.to_string()))
+}
+
+impl TensorData {
+    pub fn is_strings(&self) -> bool {
+        matches!(self, TensorData::Strings(_))
+    }
+}
