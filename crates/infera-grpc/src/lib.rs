@@ -1,0 +1,268 @@
+//! KServe v2 / Triton gRPC front-end (`inference.GRPCInferenceService`). It only translates.
+
+mod convert;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use infera_core::{ErrorKind, InferenceServer, ServeError};
+use infera_proto::inference::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
+use infera_proto::inference::*;
+use tokio_stream::{Stream, StreamExt};
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+pub use convert::{from_proto_request, to_proto_response};
+
+pub struct GrpcFrontend {
+    server: Arc<InferenceServer>,
+}
+
+/// The tonic service, accepting and sending gzip/deflate compressed messages.
+pub fn service(server: Arc<InferenceServer>, max_message_bytes: usize) -> GrpcInferenceServiceServer<GrpcFrontend> {
+    GrpcInferenceServiceServer::new(GrpcFrontend { server })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Deflate)
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(usize::MAX)
+}
+
+pub fn status(e: ServeError) -> Status {
+    let mut s = match e.kind {
+        ErrorKind::NotFound => Status::not_found(e.message),
+        ErrorKind::InvalidArgument => Status::invalid_argument(e.message),
+        ErrorKind::Unavailable | ErrorKind::QueueFull => Status::unavailable(e.message),
+        ErrorKind::Unsupported => Status::unimplemented(e.message),
+        ErrorKind::Internal => Status::internal(e.message),
+    };
+    if e.kind == ErrorKind::QueueFull {
+        s.metadata_mut().insert("retry-after", tonic::metadata::MetadataValue::from_static("1"));
+    }
+    s
+}
+
+fn version(v: &str) -> Result<Option<i64>, Status> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| Status::invalid_argument(format!("version '{v}' is not a number")))
+}
+
+type StreamOut = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcFrontend {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: self.server.live() }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: self.server.ready() }))
+    }
+
+    async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = r.into_inner();
+        let v = version(&r.version)?;
+        Ok(Response::new(ModelReadyResponse {
+            ready: self.server.model_ready(&r.name, v),
+        }))
+    }
+
+    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: self.server.name().into(),
+            version: self.server.version().into(),
+            extensions: infera_core::server::EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = r.into_inner();
+        let m = self.server.model_metadata(&r.name, version(&r.version)?).map_err(status)?;
+        let t = |t: &infera_core::request::TensorMetadata| model_metadata_response::TensorMetadata {
+            name: t.name.clone(),
+            datatype: t.datatype.clone(),
+            shape: t.shape.clone(),
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: m.name.clone(),
+            versions: m.versions.clone(),
+            platform: m.platform.clone(),
+            inputs: m.inputs.iter().map(t).collect(),
+            outputs: m.outputs.iter().map(t).collect(),
+        }))
+    }
+
+    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let req = from_proto_request(r.into_inner()).map_err(status)?;
+        let resp = self.server.infer(req).await.map_err(status)?;
+        Ok(Response::new(to_proto_response(resp)))
+    }
+
+    type ModelStreamInferStream = StreamOut;
+
+    async fn model_stream_infer(
+        &self,
+        r: Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> Result<Response<StreamOut>, Status> {
+        let mut incoming = r.into_inner();
+        let server = self.server.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<ModelStreamInferResponse, Status>>(64);
+        tokio::spawn(async move {
+            while let Some(msg) = incoming.next().await {
+                let req = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
+                };
+                let server = server.clone();
+                let tx = tx.clone();
+                // Requests of one stream run concurrently, so they can batch with each other.
+                tokio::spawn(async move {
+                    let id = req.id.clone();
+                    let out = match from_proto_request(req) {
+                        Ok(req) => server.infer(req).await,
+                        Err(e) => Err(e),
+                    };
+                    let msg = match out {
+                        Ok(resp) => ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(to_proto_response(resp)),
+                        },
+                        Err(e) => ModelStreamInferResponse {
+                            error_message: e.message,
+                            infer_response: Some(ModelInferResponse {
+                                id,
+                                ..Default::default()
+                            }),
+                        },
+                    };
+                    let _ = tx.send(Ok(msg)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn model_config(&self, r: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = r.into_inner();
+        let m = self.server.model(&r.name).map_err(status)?;
+        m.version(version(&r.version)?).map_err(status)?;
+        Ok(Response::new(ModelConfigResponse {
+            config: Some(m.config.clone()),
+        }))
+    }
+
+    async fn model_statistics(&self, r: Request<ModelStatisticsRequest>) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = r.into_inner();
+        let list = self.server.statistics(&r.name, version(&r.version)?).map_err(status)?;
+        let d = |d: &infera_core::stats::Duration64| Some(StatisticDuration { count: d.count, ns: d.ns });
+        let model_stats = list
+            .iter()
+            .map(|v| {
+                let s = &v.stats;
+                let i = &s.inference;
+                ModelStatistics {
+                    name: v.name.clone(),
+                    version: v.version.clone(),
+                    last_inference: s.last_inference,
+                    inference_count: s.inference_count,
+                    execution_count: s.execution_count,
+                    inference_stats: Some(InferStatistics {
+                        success: d(&i.success),
+                        fail: d(&i.fail),
+                        queue: d(&i.queue),
+                        compute_input: d(&i.compute_input),
+                        compute_infer: d(&i.compute_infer),
+                        compute_output: d(&i.compute_output),
+                        cache_hit: d(&i.cache_hit),
+                        cache_miss: d(&i.cache_miss),
+                    }),
+                    batch_stats: s
+                        .batches
+                        .iter()
+                        .map(|(size, b)| InferBatchStatistics {
+                            batch_size: *size as u64,
+                            compute_input: d(&b.compute_input),
+                            compute_infer: d(&b.compute_infer),
+                            compute_output: d(&b.compute_output),
+                        })
+                        .collect(),
+                    memory_usage: vec![],
+                }
+            })
+            .collect();
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(&self, r: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let r = r.into_inner();
+        let models = self
+            .server
+            .repository
+            .index(r.ready)
+            .into_iter()
+            .map(|e| repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version,
+                state: e.state,
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(&self, r: Request<RepositoryModelLoadRequest>) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        let r = r.into_inner();
+        if let Some(k) = r.parameters.keys().find(|k| k.starts_with("file:")) {
+            return Err(Status::unimplemented(format!(
+                "'{k}': loading model files through the API is not supported; put them in the repository"
+            )));
+        }
+        let config = match r.parameters.get("config").and_then(|p| p.parameter_choice.as_ref()) {
+            None => None,
+            Some(model_repository_parameter::ParameterChoice::StringParam(s)) => Some(s.clone()),
+            Some(_) => return Err(Status::invalid_argument("parameter 'config' must be a string of JSON")),
+        };
+        self.server.load(&r.model_name, config).await.map_err(status)?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(&self, r: Request<RepositoryModelUnloadRequest>) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        self.server.unload(&r.into_inner().model_name).map_err(status)?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+
+    async fn system_shared_memory_status(&self, _: Request<SystemSharedMemoryStatusRequest>) -> Result<Response<SystemSharedMemoryStatusResponse>, Status> {
+        Err(Status::unimplemented("shared memory is not supported"))
+    }
+    async fn system_shared_memory_register(&self, _: Request<SystemSharedMemoryRegisterRequest>) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
+        Err(Status::unimplemented("shared memory is not supported"))
+    }
+    async fn system_shared_memory_unregister(&self, _: Request<SystemSharedMemoryUnregisterRequest>) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
+        Err(Status::unimplemented("shared memory is not supported"))
+    }
+    async fn cuda_shared_memory_status(&self, _: Request<CudaSharedMemoryStatusRequest>) -> Result<Response<CudaSharedMemoryStatusResponse>, Status> {
+        Err(Status::unimplemented("CUDA shared memory is not supported"))
+    }
+    async fn cuda_shared_memory_register(&self, _: Request<CudaSharedMemoryRegisterRequest>) -> Result<Response<CudaSharedMemoryRegisterResponse>, Status> {
+        Err(Status::unimplemented("CUDA shared memory is not supported"))
+    }
+    async fn cuda_shared_memory_unregister(&self, _: Request<CudaSharedMemoryUnregisterRequest>) -> Result<Response<CudaSharedMemoryUnregisterResponse>, Status> {
+        Err(Status::unimplemented("CUDA shared memory is not supported"))
+    }
+    async fn trace_setting(&self, _: Request<TraceSettingRequest>) -> Result<Response<TraceSettingResponse>, Status> {
+        Err(Status::unimplemented("tracing settings are not supported"))
+    }
+    async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Result<Response<LogSettingsResponse>, Status> {
+        Err(Status::unimplemented("log settings are not supported; use RUST_LOG"))
+    }
+}

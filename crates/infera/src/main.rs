@@ -1,1 +1,33 @@
-fn main() {}
+//! `infera`: one binary to serve ONNX models over the KServe v2 / Triton protocol.
+
+mod embedded;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "infera",
+    version,
+    about = "Serve ONNX models over the KServe v2 / Triton protocol (HTTP and gRPC)",
+    long_about = "infera serves ONNX models from a Triton-style model repository over the KServe v2 / \
+Open Inference Protocol, so Triton's own clients (tritonclient, perf_analyzer) work unchanged.\n\n\
+Quick start: `infera serve` serves the embedded example repository on Triton's default ports."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a model repository over HTTP (8000), gRPC (8001) and Prometheus metrics (8002).
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+    }
+}

@@ -1,0 +1,394 @@
+//! The v2 HTTP inference body: a JSON header, optionally followed by raw tensor bytes
+//! (Triton's binary tensor data extension, framed by `Inference-Header-Content-Length`).
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use infera_core::request::{InferRequest, InferResponse, InputTensor, RequestedOutput};
+use infera_core::{DataType, ServeError, Tensor};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+#[derive(Deserialize)]
+struct RequestJson {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    inputs: Vec<InputJson>,
+    #[serde(default)]
+    outputs: Option<Vec<OutputJson>>,
+}
+
+#[derive(Deserialize)]
+struct InputJson {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct OutputJson {
+    name: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// The only input of a model, for raw binary requests (`Inference-Header-Content-Length: 0`).
+pub struct RawInput {
+    pub name: String,
+    pub dtype: DataType,
+    /// Full shape with the batch dim; a -1 is inferred from the body length.
+    pub shape: Vec<i64>,
+}
+
+/// A parsed request plus how the response should be encoded.
+pub struct Decoded {
+    pub request: InferRequest,
+    /// Per response output (same order as `request.outputs`, or all outputs if empty): binary?
+    pub binary_outputs: Vec<(String, bool)>,
+    pub binary_default: bool,
+}
+
+fn invalid(m: impl Into<String>) -> ServeError {
+    ServeError::invalid(m)
+}
+
+fn param_u64(params: Option<&Map<String, Value>>, key: &str) -> Result<Option<u64>, ServeError> {
+    match params.and_then(|p| p.get(key)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| invalid(format!("parameter '{key}' must be a non-negative integer, got {v}"))),
+    }
+}
+
+fn param_bool(params: Option<&Map<String, Value>>, key: &str) -> Result<Option<bool>, ServeError> {
+    match params.and_then(|p| p.get(key)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(invalid(format!("parameter '{key}' must be true or false, got {v}"))),
+    }
+}
+
+/// Parses an infer body. Never panics, whatever the bytes.
+pub fn decode_request(
+    model: &str,
+    version: Option<i64>,
+    header_len: Option<usize>,
+    body: Bytes,
+    raw_input: impl FnOnce() -> Result<RawInput, ServeError>,
+) -> Result<Decoded, ServeError> {
+    if header_len == Some(0) {
+        return decode_raw(model, version, body, raw_input()?);
+    }
+    let (head, mut binary) = match header_len {
+        Some(n) if n > body.len() => {
+            return Err(invalid(format!(
+                "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                body.len()
+            )));
+        }
+        Some(n) => (body.slice(..n), body.slice(n..)),
+        None => (body, Bytes::new()),
+    };
+    let req: RequestJson = serde_json::from_slice(&head).map_err(|e| {
+        invalid(format!(
+            "failed to parse the request JSON: {e}{}",
+            if header_len.is_none() && head.first() == Some(&b'{') && e.is_syntax() {
+                " (binary tensor data needs the Inference-Header-Content-Length header)"
+            } else {
+                ""
+            }
+        ))
+    })?;
+    let params = req.parameters.as_ref();
+    if params.is_some_and(|p| p.contains_key("sequence_id")) {
+        return Err(ServeError::unsupported("sequence batching (sequence_id) is not supported"));
+    }
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for i in req.inputs {
+        let dtype = DataType::parse(&i.datatype).ok_or_else(|| {
+            invalid(format!("input '{}' has unknown datatype '{}'", i.name, i.datatype))
+        })?;
+        let shape = i
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| invalid(format!("input '{}' has a negative dimension in shape {:?}", i.name, i.shape)))?;
+        let ip = i.parameters.as_ref();
+        if ip.is_some_and(|p| p.contains_key("shared_memory_region")) {
+            return Err(ServeError::unsupported(format!(
+                "input '{}': shared memory is not supported; send the data in the request",
+                i.name
+            )));
+        }
+        let tensor = match param_u64(ip, "binary_data_size")? {
+            Some(size) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size > binary.len() {
+                    return Err(invalid(format!(
+                        "input '{}' declares binary_data_size {size} but only {} bytes of binary data remain",
+                        i.name,
+                        binary.len()
+                    )));
+                }
+                let raw = binary.split_to(size);
+                Tensor::from_raw(dtype, shape, raw)
+            }
+            None => {
+                let data = i.data.as_ref().ok_or_else(|| {
+                    invalid(format!("input '{}' has neither data nor binary_data_size", i.name))
+                })?;
+                Tensor::from_json(dtype, shape, data)
+            }
+        }
+        .map_err(|e| invalid(format!("input '{}': {e}", i.name)))?;
+        inputs.push(InputTensor { name: i.name, tensor });
+    }
+    if !binary.is_empty() {
+        return Err(invalid(format!(
+            "{} bytes of binary data are not claimed by any input's binary_data_size",
+            binary.len()
+        )));
+    }
+    let binary_default = param_bool(params, "binary_data_output")?.unwrap_or(false);
+    let mut outputs = Vec::new();
+    let mut binary_outputs = Vec::new();
+    for o in req.outputs.unwrap_or_default() {
+        let op = o.parameters.as_ref();
+        if op.is_some_and(|p| p.contains_key("shared_memory_region")) {
+            return Err(ServeError::unsupported(format!(
+                "output '{}': shared memory is not supported",
+                o.name
+            )));
+        }
+        let classification = param_u64(op, "classification")?.map(|k| k as usize);
+        let binary = param_bool(op, "binary_data")?.unwrap_or(binary_default);
+        binary_outputs.push((o.name.clone(), binary));
+        outputs.push(RequestedOutput {
+            name: o.name,
+            classification,
+        });
+    }
+    let id = match req.id {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+    };
+    Ok(Decoded {
+        request: InferRequest {
+            model: model.to_string(),
+            version,
+            id,
+            inputs,
+            outputs,
+            priority: param_u64(params, "priority")?.unwrap_or(0) as usize,
+            timeout: param_u64(params, "timeout")?.filter(|&t| t > 0).map(Duration::from_micros),
+        },
+        binary_outputs,
+        binary_default,
+    })
+}
+
+fn decode_raw(model: &str, version: Option<i64>, body: Bytes, input: RawInput) -> Result<Decoded, ServeError> {
+    let shape: Vec<usize> = match input.dtype.size() {
+        Some(size) => {
+            let known: i64 = input.shape.iter().filter(|&&d| d > 0).product();
+            let free = input.shape.iter().filter(|&&d| d < 0).count();
+            let elems = body.len() / size;
+            if free > 1 || known == 0 || (free == 1 && elems % known as usize != 0) {
+                return Err(invalid(format!(
+                    "raw binary request: cannot infer the shape of input '{}' ({:?}) from {} bytes",
+                    input.name,
+                    input.shape,
+                    body.len()
+                )));
+            }
+            input
+                .shape
+                .iter()
+                .map(|&d| if d < 0 { elems / known as usize } else { d as usize })
+                .collect()
+        }
+        None => input.shape.iter().map(|&d| d.max(1) as usize).collect(),
+    };
+    let tensor = Tensor::from_raw(input.dtype, shape, body)
+        .map_err(|e| invalid(format!("raw binary input '{}': {e}", input.name)))?;
+    Ok(Decoded {
+        request: InferRequest {
+            model: model.to_string(),
+            version,
+            id: String::new(),
+            inputs: vec![InputTensor {
+                name: input.name,
+                tensor,
+            }],
+            outputs: vec![],
+            priority: 0,
+            timeout: None,
+        },
+        binary_outputs: vec![],
+        binary_default: true,
+    })
+}
+
+/// Encodes a response; returns the body and, when binary data follows, the JSON length.
+pub fn encode_response(resp: &InferResponse, decoded_binary: &[(String, bool)], binary_default: bool) -> (Bytes, Option<usize>) {
+    let mut binary = BytesMut::new();
+    let mut outputs = Vec::with_capacity(resp.outputs.len());
+    for o in &resp.outputs {
+        let as_binary = decoded_binary
+            .iter()
+            .find(|(n, _)| *n == o.name)
+            .map_or(binary_default, |(_, b)| *b);
+        let mut entry = json!({
+            "name": o.name,
+            "datatype": o.tensor.dtype.as_str(),
+            "shape": o.tensor.shape,
+        });
+        if as_binary {
+            let raw = o.tensor.to_raw();
+            entry["parameters"] = json!({ "binary_data_size": raw.len() });
+            binary.put_slice(&raw);
+        } else {
+            entry["data"] = o.tensor.to_json();
+        }
+        outputs.push(entry);
+    }
+    let mut head = json!({
+        "model_name": resp.model_name,
+        "model_version": resp.model_version,
+        "outputs": outputs,
+    });
+    if !resp.id.is_empty() {
+        head["id"] = Value::String(resp.id.clone());
+    }
+    let head = head.to_string().into_bytes();
+    if binary.is_empty() && !decoded_binary.iter().any(|(_, b)| *b) && !binary_default {
+        return (Bytes::from(head), None);
+    }
+    let len = head.len();
+    let mut body = BytesMut::with_capacity(len + binary.len());
+    body.put_slice(&head);
+    body.put_slice(&binary);
+    (body.freeze(), Some(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use infera_core::request::OutputTensor;
+
+    fn no_raw() -> Result<RawInput, ServeError> {
+        Err(invalid("no raw"))
+    }
+
+    #[test]
+    fn json_and_binary_inputs_mix() {
+        let head = br#"{"id":"7","inputs":[{"name":"a","shape":[1,2],"datatype":"INT32","parameters":{"binary_data_size":8}},{"name":"b","shape":[2],"datatype":"FP32","data":[1.5,2]}],"outputs":[{"name":"y","parameters":{"binary_data":true,"classification":2}}],"parameters":{"priority":1,"timeout":500}}"#;
+        let mut body = head.to_vec();
+        body.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0]);
+        let d = decode_request("m", Some(1), Some(head.len()), Bytes::from(body), no_raw).unwrap();
+        let r = &d.request;
+        assert_eq!(r.id, "7");
+        assert_eq!(r.inputs[0].tensor.to_vec::<i32>().unwrap(), vec![1, 2]);
+        assert_eq!(r.inputs[1].tensor.to_vec::<f32>().unwrap(), vec![1.5, 2.0]);
+        assert_eq!(r.outputs[0].classification, Some(2));
+        assert_eq!(r.priority, 1);
+        assert_eq!(r.timeout, Some(Duration::from_micros(500)));
+        assert_eq!(d.binary_outputs, vec![("y".to_string(), true)]);
+    }
+
+    #[test]
+    fn framing_errors_are_reported() {
+        let e = |h: Option<usize>, b: &[u8]| {
+            decode_request("m", None, h, Bytes::copy_from_slice(b), no_raw)
+                .err()
+                .unwrap()
+                .message
+        };
+        assert!(e(Some(100), b"{}").contains("only 2 bytes"));
+        let head = br#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}}]}"#;
+        let mut short = head.to_vec();
+        short.extend_from_slice(&[0; 4]);
+        assert!(e(Some(head.len()), &short).contains("only 4 bytes"));
+        let mut long = head.to_vec();
+        long.extend_from_slice(&[0; 12]);
+        assert!(e(Some(head.len()), &long).contains("not claimed"));
+        assert!(e(None, b"{not json").contains("failed to parse"));
+        assert!(e(None, br#"{"inputs":[{"name":"a","shape":[-1],"datatype":"INT32","data":[]}]}"#).contains("negative"));
+        assert!(e(None, br#"{"inputs":[{"name":"a","shape":[1],"datatype":"FLOAT","data":[1]}]}"#).contains("unknown datatype"));
+        assert!(e(None, br#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT32","data":[1]}]}"#).contains("expected 2 values"));
+    }
+
+    #[test]
+    fn raw_binary_request_infers_the_batch() {
+        let raw = || {
+            Ok(RawInput {
+                name: "x".into(),
+                dtype: DataType::F32,
+                shape: vec![-1, 2],
+            })
+        };
+        let d = decode_request("m", None, Some(0), Bytes::from(vec![0u8; 16]), raw).unwrap();
+        assert_eq!(d.request.inputs[0].tensor.shape, vec![2, 2]);
+        assert!(d.binary_default);
+    }
+
+    #[test]
+    fn response_binary_framing() {
+        let resp = InferResponse {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            id: "x".into(),
+            outputs: vec![
+                OutputTensor {
+                    name: "a".into(),
+                    tensor: Tensor::from_slice(vec![2], &[1i32, 2]).unwrap(),
+                },
+                OutputTensor {
+                    name: "b".into(),
+                    tensor: Tensor::from_slice(vec![1], &[0.5f32]).unwrap(),
+                },
+            ],
+        };
+        let (body, len) = encode_response(&resp, &[("a".into(), true), ("b".into(), false)], false);
+        let len = len.unwrap();
+        let head: Value = serde_json::from_slice(&body[..len]).unwrap();
+        assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert_eq!(head["outputs"][1]["data"], json!([0.5]));
+        assert_eq!(head["id"], "x");
+        assert_eq!(&body[len..], &[1, 0, 0, 0, 2, 0, 0, 0]);
+        let (body, len) = encode_response(&resp, &[], false);
+        assert!(len.is_none());
+        let all: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(all["outputs"][0]["data"], json!([1, 2]));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(body: Vec<u8>, header in proptest::option::of(0usize..300)) {
+            let _ = decode_request("m", None, header, Bytes::from(body), no_raw);
+        }
+
+        #[test]
+        fn decoding_mutated_valid_requests_never_panics(
+            size in 0u64..64, shape in proptest::collection::vec(0i64..5, 0..4),
+            dt in proptest::sample::select(vec!["BOOL","UINT8","INT32","FP16","FP32","BYTES","INT64"]),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let head = format!(r#"{{"inputs":[{{"name":"a","shape":{shape:?},"datatype":"{dt}","parameters":{{"binary_data_size":{size}}}}}]}}"#);
+            let mut body = head.clone().into_bytes();
+            body.extend_from_slice(&tail);
+            let _ = decode_request("m", None, Some(head.len()), Bytes::from(body), no_raw);
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! `infera serve`: load the repository, then run the HTTP, gRPC and metrics endpoints
+//! until SIGTERM or Ctrl-C, draining in-flight requests before exiting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use infera_core::InferenceServer;
+use infera_core::backend::Backend;
+use infera_core::metrics::Metrics;
+use infera_core::repository::{Backends, ModelRepository, RepositoryOptions};
+use tracing::{info, warn};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Triton-style model repository: <model>/config.pbtxt and <model>/<version>/model.onnx.
+    /// Without it, the example repository built into infera is served.
+    #[arg(long, env = "INFERA_MODEL_REPOSITORY", value_name = "DIR")]
+    model_repository: Option<PathBuf>,
+
+    /// Address to listen on. Use 0.0.0.0 to accept connections from other machines.
+    #[arg(long, env = "INFERA_HOST", default_value = "127.0.0.1")]
+    host: String,
+
+    /// KServe v2 HTTP/REST port (Triton's default). 0 turns HTTP off.
+    #[arg(long, env = "INFERA_HTTP_PORT", default_value_t = 8000)]
+    http_port: u16,
+
+    /// KServe v2 gRPC port (Triton's default). 0 turns gRPC off.
+    #[arg(long, env = "INFERA_GRPC_PORT", default_value_t = 8001)]
+    grpc_port: u16,
+
+    /// Prometheus metrics port, serving /metrics (Triton's default). 0 turns metrics off.
+    #[arg(long, env = "INFERA_METRICS_PORT", default_value_t = 8002)]
+    metrics_port: u16,
+
+    /// Path to libonnxruntime (file or directory). Default: ORT_DYLIB_PATH, else the
+    /// `onnxruntime` Python wheel if installed. Without it, infera falls back to tract.
+    #[arg(long, env = "INFERA_ONNXRUNTIME_LIB", value_name = "PATH")]
+    onnxruntime_lib: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes, after decompression (HTTP and gRPC).
+    #[arg(long, env = "INFERA_MAX_BODY_SIZE", default_value_t = 64 << 20)]
+    max_body_size: usize,
+
+    /// Requests that may wait per model version; more are refused with HTTP 429 / gRPC UNAVAILABLE.
+    #[arg(long, env = "INFERA_MAX_QUEUE_SIZE", default_value_t = 1024)]
+    max_queue_size: usize,
+
+    /// max_batch_size given to models without config.pbtxt whose inputs have a free batch dimension
+    /// (Triton's default-max-batch-size). 0 disables batching for them.
+    #[arg(long, env = "INFERA_DEFAULT_MAX_BATCH_SIZE", default_value_t = 4)]
+    default_max_batch_size: i32,
+
+    /// Worker threads for the network front-ends (model execution has its own threads).
+    #[arg(long, env = "INFERA_IO_THREADS", default_value_t = 2)]
+    io_threads: usize,
+
+    /// Log format: "text" for people, "json" for log pipelines. Levels come from RUST_LOG.
+    #[arg(long, env = "INFERA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn backends(args: &ServeArgs) -> Backends {
+    let mut b = Backends::default();
+    match infera_backend_ort::find_library(args.onnxruntime_lib.as_deref()) {
+        Some(lib) => match infera_backend_ort::OrtBackend::new(&lib) {
+            Ok(ort) => {
+                info!(library = %lib.display(), "ONNX Runtime loaded");
+                b.onnxruntime = Some(Arc::new(ort) as Arc<dyn Backend>);
+            }
+            Err(e) => warn!(error = %e, "ONNX Runtime could not be loaded; falling back to tract where built in"),
+        },
+        None => warn!(
+            "ONNX Runtime not found (no --onnxruntime-lib, ORT_DYLIB_PATH or `onnxruntime` wheel); falling back to tract where built in"
+        ),
+    }
+    b
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    init_logging(&args.log_format);
+    let repo_dir = match &args.model_repository {
+        Some(d) => {
+            anyhow::ensure!(d.is_dir(), "model repository {} is not a directory", d.display());
+            d.clone()
+        }
+        None => {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(std::env::temp_dir)
+                .join("infera");
+            let dir = crate::embedded::extract(&base)?;
+            info!(path = %dir.display(), "no --model-repository given: serving the built-in example repository");
+            dir
+        }
+    };
+    let metrics = Metrics::new();
+    let options = RepositoryOptions {
+        default_max_batch_size: args.default_max_batch_size,
+        max_queue: args.max_queue_size.max(1),
+        ..Default::default()
+    };
+    let repository = Arc::new(ModelRepository::new(&repo_dir, backends(&args), options, metrics.clone()));
+    repository
+        .load_all()
+        .with_context(|| format!("cannot read model repository {}", repo_dir.display()))?;
+    let server = Arc::new(InferenceServer::new(repository, metrics.clone()));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.io_threads.max(1))
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args, server, metrics, started))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn serve(args: ServeArgs, server: Arc<InferenceServer>, metrics: Metrics, started: Instant) -> anyhow::Result<()> {
+    let addr = |port: u16| -> anyhow::Result<SocketAddr> {
+        format!("{}:{port}", args.host)
+            .parse()
+            .or_else(|_| {
+                std::net::ToSocketAddrs::to_socket_addrs(&(args.host.as_str(), port))
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or(())
+            })
+            .map_err(|_| anyhow::anyhow!("cannot resolve --host {}", args.host))
+    };
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut endpoints = Vec::new();
+
+    if args.http_port != 0 {
+        let a = addr(args.http_port)?;
+        let listener = tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {a} (is another server using it? pick one with --http-port)"))?;
+        let app = infera_http::router(server.clone(), args.max_body_size);
+        let mut stop = stop_tx.subscribe();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+                .context("HTTP server")
+        });
+        endpoints.push(format!("HTTP {a}"));
+    }
+    if args.grpc_port != 0 {
+        let a = addr(args.grpc_port)?;
+        let listener = tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {a} (pick another with --grpc-port)"))?;
+        let svc = infera_grpc::service(server.clone(), args.max_body_size);
+        let mut stop = stop_tx.subscribe();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stop.recv().await;
+                    },
+                )
+                .await
+                .context("gRPC server")
+        });
+        endpoints.push(format!("gRPC {a}"));
+    }
+    if args.metrics_port != 0 {
+        let a = addr(args.metrics_port)?;
+        let listener = tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {a} (pick another with --metrics-port)"))?;
+        let app = infera_http::metrics_router(metrics);
+        let mut stop = stop_tx.subscribe();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+                .context("metrics server")
+        });
+        endpoints.push(format!("metrics http://{a}/metrics"));
+    }
+    info!(
+        startup_ms = started.elapsed().as_millis() as u64,
+        "infera ready: {}",
+        endpoints.join(", ")
+    );
+    tokio::select! {
+        _ = shutdown_signal() => {
+            info!("shutdown requested: draining in-flight requests");
+        }
+        Some(r) = tasks.join_next() => {
+            r??;
+        }
+    }
+    server.begin_shutdown();
+    let _ = stop_tx.send(());
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    info!("infera stopped");
+    Ok(())
+}
