@@ -32,7 +32,14 @@ struct AppState {
 /// (applied after decompression) and a panic guard.
 pub fn router(server: Arc<InferenceServer>, max_body_bytes: usize) -> Router {
     let state = AppState { server };
+    // Only inference responses are compressed: Triton's clients (the asyncio one sends
+    // Accept-Encoding by default) decompress those and nothing else.
+    let infer_routes = Router::new()
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .layer(CompressionLayer::new());
     Router::new()
+        .merge(infer_routes)
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -45,8 +52,6 @@ pub fn router(server: Arc<InferenceServer>, max_body_bytes: usize) -> Router {
         .route("/v2/models/{model}/versions/{version}/config", get(model_config_v))
         .route("/v2/models/{model}/stats", get(model_stats))
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
-        .route("/v2/models/{model}/infer", post(infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .route("/v2/repository/index", post(repo_index))
         .route("/v2/repository/{repo}/index", post(repo_index_named))
         .route("/v2/repository/models/{model}/load", post(repo_load))
@@ -55,7 +60,6 @@ pub fn router(server: Arc<InferenceServer>, max_body_bytes: usize) -> Router {
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(RequestDecompressionLayer::new())
-        .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(|_| {
             json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error while handling the request")
         }))
