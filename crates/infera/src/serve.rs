@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
+use tokio_stream::StreamExt;
 use clap::Args;
 use infera_core::InferenceServer;
 use infera_core::backend::Backend;
@@ -170,6 +172,10 @@ async fn serve(args: ServeArgs, server: Arc<InferenceServer>, metrics: Metrics, 
             .await
             .with_context(|| format!("cannot listen for HTTP on {a} (is another server using it? pick one with --http-port)"))?;
         let app = infera_http::router(server.clone(), args.max_body_size);
+        // Small responses must not wait for delayed ACKs.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {
             axum::serve(listener, app)
@@ -193,7 +199,12 @@ async fn serve(args: ServeArgs, server: Arc<InferenceServer>, metrics: Metrics, 
                 .tcp_nodelay(true)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+                        if let Ok(s) = &s {
+                            let _ = s.set_nodelay(true);
+                        }
+                        s
+                    }),
                     async move {
                         let _ = stop.recv().await;
                     },
