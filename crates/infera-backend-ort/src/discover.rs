@@ -64,7 +64,11 @@ fn site_packages_dirs() -> Vec<PathBuf> {
         let mut pythons: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python3")))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("python3"))
+            })
             .collect();
         pythons.sort();
         for py in pythons.into_iter().rev() {
@@ -86,7 +90,10 @@ mod tests {
         for f in ["libonnxruntime.so", "libonnxruntime.so.1.31.1", "other.so"] {
             std::fs::write(dir.join(f), b"").unwrap();
         }
-        assert_eq!(find_library(Some(&dir)), Some(dir.join("libonnxruntime.so.1.31.1")));
+        assert_eq!(
+            find_library(Some(&dir)),
+            Some(dir.join("libonnxruntime.so.1.31.1"))
+        );
         let file = dir.join("libonnxruntime.so");
         assert_eq!(find_library(Some(&file)), Some(file));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -56,7 +56,11 @@ impl Backend for OrtBackend {
             path: model_file.display().to_string(),
             reason,
         };
-        let opt_level = match o.parameters.get("graph_optimization_level").map(String::as_str) {
+        let opt_level = match o
+            .parameters
+            .get("graph_optimization_level")
+            .map(String::as_str)
+        {
             Some("0") | Some("disable") => GraphOptimizationLevel::Disable,
             Some("1") | Some("basic") => GraphOptimizationLevel::Level1,
             Some("2") | Some("extended") => GraphOptimizationLevel::Level2,
@@ -82,7 +86,10 @@ impl Backend for OrtBackend {
                 ValueType::Tensor { ty, shape, .. } => Ok(IoSpec {
                     name: o.name().to_string(),
                     dtype: from_ort(*ty).ok_or_else(|| {
-                        fail(format!("'{}' has element type {ty:?}, which infera cannot serve", o.name()))
+                        fail(format!(
+                            "'{}' has element type {ty:?}, which infera cannot serve",
+                            o.name()
+                        ))
                     })?,
                     shape: shape.iter().copied().collect(),
                 }),
@@ -93,8 +100,16 @@ impl Backend for OrtBackend {
             }
         };
         let signature = Signature {
-            inputs: session.inputs().iter().map(spec).collect::<Result<_, _>>()?,
-            outputs: session.outputs().iter().map(spec).collect::<Result<_, _>>()?,
+            inputs: session
+                .inputs()
+                .iter()
+                .map(spec)
+                .collect::<Result<_, _>>()?,
+            outputs: session
+                .outputs()
+                .iter()
+                .map(spec)
+                .collect::<Result<_, _>>()?,
         };
         Ok(Box::new(OrtSession { session, signature }))
     }
@@ -159,7 +174,12 @@ fn run_err(e: impl std::fmt::Display) -> BackendError {
 
 fn to_ort(t: &Tensor) -> Result<DynValue, BackendError> {
     let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-    fn typed<T: infera_core::tensor::Element + ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone>(
+    fn typed<
+        T: infera_core::tensor::Element
+            + ort::value::PrimitiveTensorElementType
+            + std::fmt::Debug
+            + Clone,
+    >(
         shape: Vec<i64>,
         t: &Tensor,
     ) -> Result<DynValue, BackendError> {
@@ -243,7 +263,8 @@ fn from_ort_value(v: &DynValue, dtype: DataType) -> Result<Tensor, BackendError>
         DataType::Bytes => {
             let (shape, strings) = v.try_extract_strings().map_err(run_err)?;
             let shape = shape.iter().map(|&d| d.max(0) as usize).collect();
-            Tensor::from_strings(shape, strings.into_iter().map(Into::into).collect()).map_err(run_err)
+            Tensor::from_strings(shape, strings.into_iter().map(Into::into).collect())
+                .map_err(run_err)
         }
     }
 }

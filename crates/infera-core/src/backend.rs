@@ -45,7 +45,11 @@ pub struct LoadOptions {
 pub trait Backend: Send + Sync {
     /// The name used in `backend:` and in logs.
     fn name(&self) -> &'static str;
-    fn load(&self, model_file: &Path, options: &LoadOptions) -> Result<Box<dyn Session>, BackendError>;
+    fn load(
+        &self,
+        model_file: &Path,
+        options: &LoadOptions,
+    ) -> Result<Box<dyn Session>, BackendError>;
 }
 
 /// One loaded copy of a model (one instance of an instance group). Not shared between threads.

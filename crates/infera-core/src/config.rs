@@ -137,7 +137,10 @@ pub fn validate(cfg: &ModelConfig, dir_name: &str) -> Result<(), ConfigError> {
     }
     let mut seen = std::collections::HashSet::new();
     for (kind, list) in [
-        ("input", cfg.input.iter().map(io_of_input).collect::<Vec<_>>()),
+        (
+            "input",
+            cfg.input.iter().map(io_of_input).collect::<Vec<_>>(),
+        ),
         ("output", cfg.output.iter().map(io_of_output).collect()),
     ] {
         for (i, (name, dtype, dims, reshape)) in list.into_iter().enumerate() {
@@ -161,7 +164,9 @@ pub fn validate(cfg: &ModelConfig, dir_name: &str) -> Result<(), ConfigError> {
             if let Some(d) = dims.iter().find(|&&d| d < -1 || d == 0) {
                 return Err(ConfigError::new(
                     field("dims"),
-                    format!("{kind} '{name}' has dimension {d}; use positive sizes or -1 for variable"),
+                    format!(
+                        "{kind} '{name}' has dimension {d}; use positive sizes or -1 for variable"
+                    ),
                 ));
             }
             if dims.is_empty() && cfg.max_batch_size == 0 && reshape.is_none() {
@@ -212,7 +217,7 @@ pub fn validate(cfg: &ModelConfig, dir_name: &str) -> Result<(), ConfigError> {
                 ));
             }
             for &level in db.priority_queue_policy.keys() {
-                if level < 1 || u64::from(level) > db.priority_levels {
+                if level < 1 || level > db.priority_levels {
                     return Err(ConfigError::new(
                         "dynamic_batching.priority_queue_policy",
                         format!("level {level} is outside 1..={}", db.priority_levels),
@@ -242,13 +247,16 @@ pub fn validate(cfg: &ModelConfig, dir_name: &str) -> Result<(), ConfigError> {
             ));
         }
     }
-    if let Some(PolicyChoice::Specific(s)) = cfg.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()) {
-        if s.versions.is_empty() {
-            return Err(ConfigError::new(
-                "version_policy.specific.versions",
-                "lists no versions",
-            ));
-        }
+    if let Some(PolicyChoice::Specific(s)) = cfg
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref())
+        && s.versions.is_empty()
+    {
+        return Err(ConfigError::new(
+            "version_policy.specific.versions",
+            "lists no versions",
+        ));
     }
     Ok(())
 }
@@ -256,10 +264,20 @@ pub fn validate(cfg: &ModelConfig, dir_name: &str) -> Result<(), ConfigError> {
 type IoView<'a> = (&'a str, i32, &'a [i64], Option<&'a [i64]>);
 
 fn io_of_input(i: &infera_proto::inference::ModelInput) -> IoView<'_> {
-    (&i.name, i.data_type, &i.dims, i.reshape.as_ref().map(|r| r.shape.as_slice()))
+    (
+        &i.name,
+        i.data_type,
+        &i.dims,
+        i.reshape.as_ref().map(|r| r.shape.as_slice()),
+    )
 }
 fn io_of_output(o: &infera_proto::inference::ModelOutput) -> IoView<'_> {
-    (&o.name, o.data_type, &o.dims, o.reshape.as_ref().map(|r| r.shape.as_slice()))
+    (
+        &o.name,
+        o.data_type,
+        &o.dims,
+        o.reshape.as_ref().map(|r| r.shape.as_slice()),
+    )
 }
 
 #[cfg(test)]
@@ -308,7 +326,10 @@ parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
     fn list_colons_are_added_outside_strings_and_comments() {
         assert_eq!(colon_before_lists("input [ {} ]"), "input :[ {} ]");
         assert_eq!(colon_before_lists("dims: [1]"), "dims: [1]");
-        assert_eq!(colon_before_lists("name: \"a [b\" # x [y\n"), "name: \"a [b\" # x [y\n");
+        assert_eq!(
+            colon_before_lists("name: \"a [b\" # x [y\n"),
+            "name: \"a [b\" # x [y\n"
+        );
     }
 
     #[test]
@@ -341,7 +362,8 @@ parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
             "dynamic_batching.default_priority_level"
         );
         assert_eq!(
-            bad("input [{ name: \"a\" data_type: TYPE_FP32 dims: [4] reshape { shape: [3] } }]").field,
+            bad("input [{ name: \"a\" data_type: TYPE_FP32 dims: [4] reshape { shape: [3] } }]")
+                .field,
             "input[0].reshape"
         );
     }

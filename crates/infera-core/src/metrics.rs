@@ -39,13 +39,17 @@ impl Metrics {
         let counter = |name: &str, help: &str, extra: &[&str]| {
             let labels: Vec<&str> = LABELS.iter().chain(extra).copied().collect();
             let c = IntCounterVec::new(Opts::new(name, help), &labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let hist = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), LABELS)
                 .expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
         let pending = IntGaugeVec::new(
@@ -61,11 +65,17 @@ impl Metrics {
             .expect("unique metric");
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .expect("unique metric");
         Metrics {
             success: counter("nv_inference_request_success", "Successful requests", &[]),
-            failure: counter("nv_inference_request_failure", "Failed requests", &["reason"]),
+            failure: counter(
+                "nv_inference_request_failure",
+                "Failed requests",
+                &["reason"],
+            ),
             inference_count: counter(
                 "nv_inference_count",
                 "Inferences performed (a batch of n counts n)",

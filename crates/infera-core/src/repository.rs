@@ -285,12 +285,10 @@ impl ModelRepository {
     pub fn get(&self, name: &str) -> ServeResult<Arc<Model>> {
         let models = self.models.read();
         match models.get(name) {
-            Some(Slot {
-                model: Some(m), ..
-            }) => Ok(m.clone()),
-            Some(slot) if slot.state == ModelState::Loading => Err(ServeError::unavailable(format!(
-                "model '{name}' is still loading"
-            ))),
+            Some(Slot { model: Some(m), .. }) => Ok(m.clone()),
+            Some(slot) if slot.state == ModelState::Loading => Err(ServeError::unavailable(
+                format!("model '{name}' is still loading"),
+            )),
             Some(slot) if slot.reason != "unloaded" => Err(ServeError::unavailable(format!(
                 "model '{name}' is not ready: {}",
                 slot.reason
@@ -322,9 +320,7 @@ impl ModelRepository {
         let mut out = Vec::new();
         for name in names {
             match models.get(&name) {
-                Some(Slot {
-                    model: Some(m), ..
-                }) => {
+                Some(Slot { model: Some(m), .. }) => {
                     for v in m.versions.keys() {
                         out.push(IndexEntry {
                             name: name.clone(),
@@ -353,9 +349,7 @@ impl ModelRepository {
     }
 
     fn build(&self, name: &str, dir: &Path, config_json: Option<&str>) -> ServeResult<Model> {
-        let fail = |e: ConfigError| {
-            ServeError::invalid(format!("model '{name}': {e}"))
-        };
+        let fail = |e: ConfigError| ServeError::invalid(format!("model '{name}': {e}"));
         let config_path = dir.join("config.pbtxt");
         let mut cfg = match config_json {
             Some(json) => config::parse_json(json).map_err(fail)?,
@@ -438,8 +432,16 @@ impl ModelRepository {
         for (v, sessions) in loaded {
             let stats = Arc::new(ModelStats::default());
             let metrics = self.metrics.for_version(name, v);
-            let scheduler = Scheduler::new(name, sessions, policy.clone(), stats.clone(), metrics.clone())
-                .map_err(|e| ServeError::internal(format!("model '{name}': cannot start workers: {e}")))?;
+            let scheduler = Scheduler::new(
+                name,
+                sessions,
+                policy.clone(),
+                stats.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| {
+                ServeError::internal(format!("model '{name}': cannot start workers: {e}"))
+            })?;
             version_map.insert(
                 v,
                 Arc::new(ModelVersion {
@@ -470,23 +472,32 @@ impl ModelRepository {
         } else {
             "onnxruntime"
         };
-        let field = if cfg.backend.is_empty() { "platform" } else { "backend" };
+        let field = if cfg.backend.is_empty() {
+            "platform"
+        } else {
+            "backend"
+        };
         let chosen = match want {
-            "onnxruntime" | ONNX_PLATFORM => match (&self.backends.onnxruntime, &self.backends.tract) {
-                (Some(b), _) => b.clone(),
-                (None, Some(t)) => {
-                    warn!(model = %cfg.name, "ONNX Runtime is not available; serving with tract");
-                    t.clone()
+            "onnxruntime" | ONNX_PLATFORM => {
+                match (&self.backends.onnxruntime, &self.backends.tract) {
+                    (Some(b), _) => b.clone(),
+                    (None, Some(t)) => {
+                        warn!(model = %cfg.name, "ONNX Runtime is not available; serving with tract");
+                        t.clone()
+                    }
+                    (None, None) => {
+                        return Err(ConfigError::new(
+                            field,
+                            "ONNX Runtime was not found (set ORT_DYLIB_PATH or --onnxruntime-lib, or `pip install onnxruntime`) and this build has no tract fallback",
+                        ));
+                    }
                 }
-                (None, None) => {
-                    return Err(ConfigError::new(
-                        field,
-                        "ONNX Runtime was not found (set ORT_DYLIB_PATH or --onnxruntime-lib, or `pip install onnxruntime`) and this build has no tract fallback",
-                    ));
-                }
-            },
+            }
             "tract" => self.backends.tract.clone().ok_or_else(|| {
-                ConfigError::new(field, "this build of infera has no tract backend (build with --features tract)")
+                ConfigError::new(
+                    field,
+                    "this build of infera has no tract backend (build with --features tract)",
+                )
             })?,
             other => {
                 return Err(ConfigError::new(
@@ -536,7 +547,11 @@ fn select_versions(dir: &Path, cfg: &ModelConfig) -> Result<Vec<i64>, ConfigErro
             "no version folders (e.g. 1/model.onnx) in the model directory",
         ));
     }
-    let chosen: Vec<i64> = match cfg.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()) {
+    let chosen: Vec<i64> = match cfg
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref())
+    {
         Some(PolicyChoice::All(_)) => found,
         Some(PolicyChoice::Specific(s)) => {
             if let Some(missing) = s.versions.iter().find(|v| !found.contains(v)) {
@@ -577,7 +592,11 @@ fn autocomplete(cfg: &mut ModelConfig, sig: &Signature, default_mbs: i32) {
     }
     let strip = cfg.max_batch_size > 0;
     let dims = |shape: &[i64]| -> Vec<i64> {
-        if strip { shape.get(1..).unwrap_or(&[]).to_vec() } else { shape.to_vec() }
+        if strip {
+            shape.get(1..).unwrap_or(&[]).to_vec()
+        } else {
+            shape.to_vec()
+        }
     };
     if cfg.input.is_empty() {
         cfg.input = sig
@@ -614,7 +633,11 @@ fn autocomplete(cfg: &mut ModelConfig, sig: &Signature, default_mbs: i32) {
 }
 
 /// Matches config inputs/outputs to the model file's, checking types and shapes.
-fn bind_io(cfg: &ModelConfig, sig: &Signature, dir: &Path) -> Result<(Vec<IoDesc>, Vec<IoDesc>), ConfigError> {
+fn bind_io(
+    cfg: &ModelConfig,
+    sig: &Signature,
+    dir: &Path,
+) -> Result<(Vec<IoDesc>, Vec<IoDesc>), ConfigError> {
     let batch = cfg.max_batch_size > 0;
     let check = |kind: &str,
                  i: usize,
@@ -625,15 +648,19 @@ fn bind_io(cfg: &ModelConfig, sig: &Signature, dir: &Path) -> Result<(Vec<IoDesc
                  model: &[crate::backend::IoSpec]|
      -> Result<IoDesc, ConfigError> {
         let field = format!("{kind}[{i}]");
-        let (index, spec) = model.iter().enumerate().find(|(_, s)| s.name == name).ok_or_else(|| {
-            ConfigError::new(
-                format!("{field}.name"),
-                format!(
-                    "the model file has no {kind} '{name}'; it has {:?}",
-                    model.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
-                ),
-            )
-        })?;
+        let (index, spec) = model
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}.name"),
+                    format!(
+                        "the model file has no {kind} '{name}'; it has {:?}",
+                        model.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
+                    ),
+                )
+            })?;
         let dt = infera_proto::inference::DataType::try_from(dtype)
             .ok()
             .and_then(DataType::from_config)
@@ -649,7 +676,11 @@ fn bind_io(cfg: &ModelConfig, sig: &Signature, dir: &Path) -> Result<(Vec<IoDesc
             ));
         }
         let inner = reshape.unwrap_or(dims);
-        let full: Vec<i64> = batch.then_some(-1).into_iter().chain(inner.iter().copied()).collect();
+        let full: Vec<i64> = batch
+            .then_some(-1)
+            .into_iter()
+            .chain(inner.iter().copied())
+            .collect();
         let compatible = full.len() == spec.shape.len()
             && full
                 .iter()
@@ -682,12 +713,27 @@ fn bind_io(cfg: &ModelConfig, sig: &Signature, dir: &Path) -> Result<(Vec<IoDesc
     let mut inputs = Vec::new();
     for (i, c) in cfg.input.iter().enumerate() {
         let r = c.reshape.as_ref().map(|r| r.shape.as_slice());
-        inputs.push(check("input", i, &c.name, c.data_type, &c.dims, r, &sig.inputs)?);
+        inputs.push(check(
+            "input",
+            i,
+            &c.name,
+            c.data_type,
+            &c.dims,
+            r,
+            &sig.inputs,
+        )?);
     }
-    if let Some(missing) = sig.inputs.iter().find(|s| !inputs.iter().any(|i| i.name == s.name)) {
+    if let Some(missing) = sig
+        .inputs
+        .iter()
+        .find(|s| !inputs.iter().any(|i| i.name == s.name))
+    {
         return Err(ConfigError::new(
             "input",
-            format!("the model file needs input '{}', which the config does not list", missing.name),
+            format!(
+                "the model file needs input '{}', which the config does not list",
+                missing.name
+            ),
         ));
     }
     let mut outputs = Vec::new();
@@ -721,7 +767,7 @@ fn queue_policy(p: Option<&ModelQueuePolicy>) -> QueuePolicy {
         default_timeout: (p.default_timeout_microseconds > 0)
             .then(|| Duration::from_micros(p.default_timeout_microseconds)),
         allow_timeout_override: p.allow_timeout_override,
-        max_queue_size: p.max_queue_size.max(0) as usize,
+        max_queue_size: p.max_queue_size as usize,
     }
 }
 
@@ -737,8 +783,11 @@ fn batch_policy(cfg: &ModelConfig, max_queue: usize) -> BatchPolicy {
                         .map_or_else(|| default.clone(), |p| queue_policy(Some(p)))
                 })
                 .collect();
-            let mut preferred: Vec<usize> =
-                db.preferred_batch_size.iter().map(|&p| p as usize).collect();
+            let mut preferred: Vec<usize> = db
+                .preferred_batch_size
+                .iter()
+                .map(|&p| p as usize)
+                .collect();
             preferred.sort_unstable();
             preferred.dedup();
             Some(DynamicBatching {
@@ -788,7 +837,10 @@ mod tests {
         assert_eq!(cfg.max_batch_size, 4);
         assert_eq!(cfg.input[0].dims, vec![4]);
         assert!(cfg.output[0].dims.is_empty());
-        assert!(matches!(cfg.scheduling_choice, Some(SchedulingChoice::DynamicBatching(_))));
+        assert!(matches!(
+            cfg.scheduling_choice,
+            Some(SchedulingChoice::DynamicBatching(_))
+        ));
         let (inputs, _) = bind_io(&cfg, &sig(), Path::new(".")).unwrap();
         assert_eq!(inputs[0].dims, vec![4]);
     }
@@ -820,7 +872,10 @@ mod tests {
         cfg.input[0].dims = vec![4];
         bind_io(&cfg, &sig(), Path::new(".")).unwrap();
         cfg.input[0].name = "nope".into();
-        assert_eq!(bind_io(&cfg, &sig(), Path::new(".")).unwrap_err().field, "input[0].name");
+        assert_eq!(
+            bind_io(&cfg, &sig(), Path::new(".")).unwrap_err().field,
+            "input[0].name"
+        );
     }
 
     #[test]
@@ -831,9 +886,15 @@ mod tests {
         }
         let pick = |text: &str| select_versions(&dir, &config::parse_pbtxt(text).unwrap());
         assert_eq!(pick("").unwrap(), vec![3]);
-        assert_eq!(pick("version_policy { latest { num_versions: 2 } }").unwrap(), vec![2, 3]);
+        assert_eq!(
+            pick("version_policy { latest { num_versions: 2 } }").unwrap(),
+            vec![2, 3]
+        );
         assert_eq!(pick("version_policy { all { } }").unwrap(), vec![1, 2, 3]);
-        assert_eq!(pick("version_policy { specific { versions: [1] } }").unwrap(), vec![1]);
+        assert_eq!(
+            pick("version_policy { specific { versions: [1] } }").unwrap(),
+            vec![1]
+        );
         assert!(pick("version_policy { specific { versions: [7] } }").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -180,18 +180,19 @@ impl Scheduler {
                 ),
             ));
         }
-        if let Some(p) = policy {
-            if p.max_queue_size > 0 && q.levels[level].len() >= p.max_queue_size {
-                return Err(ServeError::new(
-                    ErrorKind::QueueFull,
-                    format!(
-                        "Exceeds maximum queue size: model '{}' priority level {} holds {} requests",
-                        s.model,
-                        level + 1,
-                        p.max_queue_size
-                    ),
-                ));
-            }
+        if let Some(p) = policy
+            && p.max_queue_size > 0
+            && q.levels[level].len() >= p.max_queue_size
+        {
+            return Err(ServeError::new(
+                ErrorKind::QueueFull,
+                format!(
+                    "Exceeds maximum queue size: model '{}' priority level {} holds {} requests",
+                    s.model,
+                    level + 1,
+                    p.max_queue_size
+                ),
+            ));
         }
         q.levels[level].push_back(Pending {
             job,
@@ -226,7 +227,11 @@ impl Shared {
         if d.priority_levels == 0 {
             return Ok((0, d.level_policies.first()));
         }
-        let level = if priority == 0 { d.default_level } else { priority };
+        let level = if priority == 0 {
+            d.default_level
+        } else {
+            priority
+        };
         if level > d.priority_levels {
             return Err(ServeError::invalid(format!(
                 "priority {priority} is outside 1..={} for model '{}'",
@@ -297,7 +302,11 @@ impl Shared {
             .chain(std::iter::once((true, 0)))
             .collect();
         let queue_of = |q: &Queues, (delayed, l): (bool, usize)| -> usize {
-            if delayed { q.delayed.len() } else { q.levels[l].len() }
+            if delayed {
+                q.delayed.len()
+            } else {
+                q.levels[l].len()
+            }
         };
         let Some(&head_queue) = order.iter().find(|&&k| queue_of(q, k) > 0) else {
             return Pick::Empty;
@@ -314,7 +323,11 @@ impl Shared {
             for i in 0..queue_of(q, k) {
                 let p = at(q, k, i);
                 let fits = p.job.inputs.len() == key.len()
-                    && p.job.inputs.iter().zip(&key).all(|(t, s)| &t.shape[1..] == *s);
+                    && p.job
+                        .inputs
+                        .iter()
+                        .zip(&key)
+                        .all(|(t, s)| &t.shape[1..] == *s);
                 if !fits || total + p.job.batch > max {
                     if total >= max {
                         break 'outer;
@@ -350,7 +363,11 @@ impl Shared {
 }
 
 fn at(q: &Queues, (delayed, l): (bool, usize), i: usize) -> &Pending {
-    if delayed { &q.delayed[i] } else { &q.levels[l][i] }
+    if delayed {
+        &q.delayed[i]
+    } else {
+        &q.levels[l][i]
+    }
 }
 
 enum Pick {
@@ -440,7 +457,9 @@ fn execute(s: &Shared, session: &mut dyn Session, batch: Vec<Pending>) {
             s.metrics.inference_count.inc_by(total as u64);
             s.metrics.batch_size.observe(total as f64);
             s.metrics.compute_seconds.observe(t_infer.as_secs_f64());
-            s.metrics.compute_infer_us.inc_by(t_infer.as_micros() as u64);
+            s.metrics
+                .compute_infer_us
+                .inc_by(t_infer.as_micros() as u64);
             for ((p, outputs), t) in batch.into_iter().zip(per_request).zip(timings) {
                 s.metrics.queue_seconds.observe(t.queue.as_secs_f64());
                 s.metrics.queue_us.inc_by(t.queue.as_micros() as u64);

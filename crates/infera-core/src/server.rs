@@ -156,7 +156,12 @@ impl InferenceServer {
             })?;
             let t = to_client_shape(model, io, t.clone(), batch)?;
             let tensor = match classification {
-                Some(k) => classify(&t, k, io.labels.as_deref().map(Vec::as_slice), model.max_batch_size() > 0)?,
+                Some(k) => classify(
+                    &t,
+                    k,
+                    io.labels.as_deref().map(Vec::as_slice),
+                    model.max_batch_size() > 0,
+                )?,
                 None => t,
             };
             outputs.push(OutputTensor {
@@ -173,19 +178,26 @@ impl InferenceServer {
     }
 }
 
-fn resolve_outputs<'m>(model: &'m Model, req: &InferRequest) -> ServeResult<Vec<(&'m IoDesc, Option<usize>)>> {
+fn resolve_outputs<'m>(
+    model: &'m Model,
+    req: &InferRequest,
+) -> ServeResult<Vec<(&'m IoDesc, Option<usize>)>> {
     if req.outputs.is_empty() {
         return Ok(model.outputs.iter().map(|o| (o, None)).collect());
     }
     req.outputs
         .iter()
         .map(|r| {
-            let io = model.outputs.iter().find(|o| o.name == r.name).ok_or_else(|| {
-                ServeError::invalid(format!(
-                    "unexpected inference output '{}' for model '{}'",
-                    r.name, model.name
-                ))
-            })?;
+            let io = model
+                .outputs
+                .iter()
+                .find(|o| o.name == r.name)
+                .ok_or_else(|| {
+                    ServeError::invalid(format!(
+                        "unexpected inference output '{}' for model '{}'",
+                        r.name, model.name
+                    ))
+                })?;
             if r.classification == Some(0) {
                 return Err(ServeError::invalid(format!(
                     "classification count for output '{}' must be at least 1",
@@ -214,14 +226,22 @@ fn prepare(
     let mut batch: Option<usize> = None;
     let given = inputs.len();
     for input in inputs {
-        let io = model.inputs.iter().find(|i| i.name == input.name).ok_or_else(|| {
-            ServeError::invalid(format!(
-                "unexpected inference input '{}' for model '{}'; it takes {:?}",
-                input.name,
-                model.name,
-                model.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>()
-            ))
-        })?;
+        let io = model
+            .inputs
+            .iter()
+            .find(|i| i.name == input.name)
+            .ok_or_else(|| {
+                ServeError::invalid(format!(
+                    "unexpected inference input '{}' for model '{}'; it takes {:?}",
+                    input.name,
+                    model.name,
+                    model
+                        .inputs
+                        .iter()
+                        .map(|i| i.name.as_str())
+                        .collect::<Vec<_>>()
+                ))
+            })?;
         if slots[io.index].is_some() {
             return Err(ServeError::invalid(format!(
                 "input '{}' is given more than once",
@@ -235,7 +255,11 @@ fn prepare(
                 io.name, t.dtype, model.name, io.dtype
             )));
         }
-        let expected: Vec<i64> = (mbs > 0).then_some(-1).into_iter().chain(io.dims.iter().copied()).collect();
+        let expected: Vec<i64> = (mbs > 0)
+            .then_some(-1)
+            .into_iter()
+            .chain(io.dims.iter().copied())
+            .collect();
         let got: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
         let fits = expected.len() == got.len()
             && expected.iter().zip(&got).all(|(&e, &g)| e == -1 || e == g);
@@ -296,12 +320,24 @@ fn prepare(
 /// `[batch] + target`, with one -1 in `target` resolved from the element count.
 fn reshape(t: &Tensor, target: &[i64], batched: bool) -> Option<Vec<usize>> {
     let total = element_count(&t.shape).ok()?;
-    let lead: Vec<usize> = if batched { vec![*t.shape.first()?] } else { vec![] };
+    let lead: Vec<usize> = if batched {
+        vec![*t.shape.first()?]
+    } else {
+        vec![]
+    };
     let per = total.checked_div(lead.iter().product::<usize>().max(1))?;
-    let known: usize = target.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
+    let known: usize = target
+        .iter()
+        .filter(|&&d| d > 0)
+        .map(|&d| d as usize)
+        .product();
     let mut out = lead;
     for &d in target {
-        out.push(if d == -1 { per.checked_div(known)? } else { d as usize });
+        out.push(if d == -1 {
+            per.checked_div(known)?
+        } else {
+            d as usize
+        });
     }
     (element_count(&out).ok()? == total).then_some(out)
 }
@@ -343,7 +379,11 @@ fn classify(t: &Tensor, k: usize, labels: Option<&[String]>, batched: bool) -> S
             ));
         }
     };
-    let rows = if batched { t.shape.first().copied().unwrap_or(1).max(1) } else { 1 };
+    let rows = if batched {
+        t.shape.first().copied().unwrap_or(1).max(1)
+    } else {
+        1
+    };
     let per_row = values.len() / rows;
     let k = k.min(per_row);
     let mut strings = Vec::with_capacity(rows * k);

@@ -67,7 +67,12 @@ impl ModelStats {
     }
 
     /// One model execution over `batch` items made of `requests` requests.
-    pub fn record_execution(&self, batch: usize, timing: &RequestTiming, requests: &[RequestTiming]) {
+    pub fn record_execution(
+        &self,
+        batch: usize,
+        timing: &RequestTiming,
+        requests: &[RequestTiming],
+    ) {
         let mut s = self.inner.lock();
         s.execution_count += 1;
         s.inference_count += batch as u64;

@@ -113,9 +113,11 @@ impl Tensor {
         let n = element_count(&shape)?;
         match dtype.size() {
             Some(size) => {
-                let expected = n.checked_mul(size).ok_or_else(|| TensorError::ShapeOverflow {
-                    shape: shape.clone(),
-                })?;
+                let expected = n
+                    .checked_mul(size)
+                    .ok_or_else(|| TensorError::ShapeOverflow {
+                        shape: shape.clone(),
+                    })?;
                 if raw.len() != expected {
                     return Err(TensorError::ByteSize {
                         dtype,
@@ -202,7 +204,11 @@ impl Tensor {
     }
 
     /// Parses protocol JSON data (nested or flat arrays) for this type and shape.
-    pub fn from_json(dtype: DataType, shape: Vec<usize>, data: &Value) -> Result<Tensor, TensorError> {
+    pub fn from_json(
+        dtype: DataType,
+        shape: Vec<usize>,
+        data: &Value,
+    ) -> Result<Tensor, TensorError> {
         let n = element_count(&shape)?;
         let mut flat = Vec::with_capacity(n.min(1 << 20));
         flatten(data, &mut flat);
@@ -445,8 +451,16 @@ mod tests {
     fn raw_size_is_checked() {
         let t = Tensor::from_raw(DataType::F32, vec![2, 2], Bytes::from(vec![0u8; 16])).unwrap();
         assert_eq!(t.element_count(), 4);
-        let e = Tensor::from_raw(DataType::F32, vec![2, 2], Bytes::from(vec![0u8; 15])).unwrap_err();
-        assert!(matches!(e, TensorError::ByteSize { expected: 16, got: 15, .. }));
+        let e =
+            Tensor::from_raw(DataType::F32, vec![2, 2], Bytes::from(vec![0u8; 15])).unwrap_err();
+        assert!(matches!(
+            e,
+            TensorError::ByteSize {
+                expected: 16,
+                got: 15,
+                ..
+            }
+        ));
         assert!(matches!(
             Tensor::from_raw(DataType::U8, vec![usize::MAX, 3], Bytes::new()),
             Err(TensorError::ShapeOverflow { .. })
@@ -476,7 +490,11 @@ mod tests {
         ));
         assert!(matches!(
             Tensor::from_json(DataType::F32, vec![3], &json!([1, 2])),
-            Err(TensorError::ValueCount { expected: 3, got: 2, .. })
+            Err(TensorError::ValueCount {
+                expected: 3,
+                got: 2,
+                ..
+            })
         ));
     }
 
@@ -489,7 +507,11 @@ mod tests {
         let truncated = Bytes::from_static(&[5, 0, 0, 0, b'a']);
         assert!(matches!(
             Tensor::from_raw(DataType::Bytes, vec![1], truncated),
-            Err(TensorError::TruncatedString { declared: 5, left: 1, .. })
+            Err(TensorError::TruncatedString {
+                declared: 5,
+                left: 1,
+                ..
+            })
         ));
     }
 

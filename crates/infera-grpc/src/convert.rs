@@ -22,18 +22,37 @@ fn int_param(p: Option<&InferParameter>, key: &str) -> Result<Option<u64>, Serve
     }
 }
 
-fn typed_contents(dtype: DataType, shape: Vec<usize>, c: &InferTensorContents) -> Result<Tensor, infera_core::tensor::TensorError> {
+fn typed_contents(
+    dtype: DataType,
+    shape: Vec<usize>,
+    c: &InferTensorContents,
+) -> Result<Tensor, infera_core::tensor::TensorError> {
     match dtype {
         DataType::Bool => {
             let v: Vec<u8> = c.bool_contents.iter().map(|&b| u8::from(b)).collect();
             Tensor::from_raw(DataType::Bool, shape, Bytes::from(v))
         }
-        DataType::I8 => Tensor::from_slice(shape, &c.int_contents.iter().map(|&x| x as i8).collect::<Vec<_>>()),
-        DataType::I16 => Tensor::from_slice(shape, &c.int_contents.iter().map(|&x| x as i16).collect::<Vec<_>>()),
+        DataType::I8 => Tensor::from_slice(
+            shape,
+            &c.int_contents.iter().map(|&x| x as i8).collect::<Vec<_>>(),
+        ),
+        DataType::I16 => Tensor::from_slice(
+            shape,
+            &c.int_contents.iter().map(|&x| x as i16).collect::<Vec<_>>(),
+        ),
         DataType::I32 => Tensor::from_slice(shape, &c.int_contents),
         DataType::I64 => Tensor::from_slice(shape, &c.int64_contents),
-        DataType::U8 => Tensor::from_slice(shape, &c.uint_contents.iter().map(|&x| x as u8).collect::<Vec<_>>()),
-        DataType::U16 => Tensor::from_slice(shape, &c.uint_contents.iter().map(|&x| x as u16).collect::<Vec<_>>()),
+        DataType::U8 => Tensor::from_slice(
+            shape,
+            &c.uint_contents.iter().map(|&x| x as u8).collect::<Vec<_>>(),
+        ),
+        DataType::U16 => Tensor::from_slice(
+            shape,
+            &c.uint_contents
+                .iter()
+                .map(|&x| x as u16)
+                .collect::<Vec<_>>(),
+        ),
         DataType::U32 => Tensor::from_slice(shape, &c.uint_contents),
         DataType::U64 => Tensor::from_slice(shape, &c.uint64_contents),
         DataType::F32 => Tensor::from_slice(shape, &c.fp32_contents),
@@ -52,7 +71,9 @@ pub fn from_proto_request(r: ModelInferRequest) -> Result<InferRequest, ServeErr
         })?)
     };
     if r.parameters.contains_key("sequence_id") {
-        return Err(ServeError::unsupported("sequence batching (sequence_id) is not supported"));
+        return Err(ServeError::unsupported(
+            "sequence batching (sequence_id) is not supported",
+        ));
     }
     let use_raw = !r.raw_input_contents.is_empty();
     if use_raw && r.raw_input_contents.len() != r.inputs.len() {
@@ -66,7 +87,10 @@ pub fn from_proto_request(r: ModelInferRequest) -> Result<InferRequest, ServeErr
     let mut inputs = Vec::with_capacity(r.inputs.len());
     for i in r.inputs {
         let dtype = DataType::parse(&i.datatype).ok_or_else(|| {
-            ServeError::invalid(format!("input '{}' has unknown datatype '{}'", i.name, i.datatype))
+            ServeError::invalid(format!(
+                "input '{}' has unknown datatype '{}'",
+                i.name, i.datatype
+            ))
         })?;
         if i.parameters.contains_key("shared_memory_region") {
             return Err(ServeError::unsupported(format!(
@@ -79,7 +103,12 @@ pub fn from_proto_request(r: ModelInferRequest) -> Result<InferRequest, ServeErr
             .iter()
             .map(|&d| usize::try_from(d))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| ServeError::invalid(format!("input '{}' has a negative dimension in shape {:?}", i.name, i.shape)))?;
+            .map_err(|_| {
+                ServeError::invalid(format!(
+                    "input '{}' has a negative dimension in shape {:?}",
+                    i.name, i.shape
+                ))
+            })?;
         let tensor = match (raw.next(), &i.contents) {
             (Some(_), Some(_)) => Err(ServeError::invalid(format!(
                 "input '{}' has both contents and raw_input_contents",
@@ -94,13 +123,20 @@ pub fn from_proto_request(r: ModelInferRequest) -> Result<InferRequest, ServeErr
                 )),
                 e => ServeError::invalid(format!("input '{}': {e}", i.name)),
             }),
-            (None, None) => Err(ServeError::invalid(format!("input '{}' has no data", i.name))),
+            (None, None) => Err(ServeError::invalid(format!(
+                "input '{}' has no data",
+                i.name
+            ))),
         }?;
-        inputs.push(InputTensor { name: i.name, tensor });
+        inputs.push(InputTensor {
+            name: i.name,
+            tensor,
+        });
     }
     let mut outputs = Vec::with_capacity(r.outputs.len());
     for o in r.outputs {
-        let classification = int_param(o.parameters.get("classification"), "classification")?.map(|k| k as usize);
+        let classification =
+            int_param(o.parameters.get("classification"), "classification")?.map(|k| k as usize);
         outputs.push(RequestedOutput {
             name: o.name,
             classification,

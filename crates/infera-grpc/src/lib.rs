@@ -21,7 +21,10 @@ pub struct GrpcFrontend {
 }
 
 /// The tonic service, accepting and sending gzip/deflate compressed messages.
-pub fn service(server: Arc<InferenceServer>, max_message_bytes: usize) -> GrpcInferenceServiceServer<GrpcFrontend> {
+pub fn service(
+    server: Arc<InferenceServer>,
+    max_message_bytes: usize,
+) -> GrpcInferenceServiceServer<GrpcFrontend> {
     GrpcInferenceServiceServer::new(GrpcFrontend { server })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Deflate)
@@ -40,7 +43,10 @@ pub fn status(e: ServeError) -> Status {
         ErrorKind::Internal => Status::internal(e.message),
     };
     if e.kind == ErrorKind::QueueFull {
-        s.metadata_mut().insert("retry-after", tonic::metadata::MetadataValue::from_static("1"));
+        s.metadata_mut().insert(
+            "retry-after",
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
     }
     s
 }
@@ -58,15 +64,28 @@ type StreamOut = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Stat
 
 #[tonic::async_trait]
 impl GrpcInferenceService for GrpcFrontend {
-    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
-        Ok(Response::new(ServerLiveResponse { live: self.server.live() }))
+    async fn server_live(
+        &self,
+        _: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse {
+            live: self.server.live(),
+        }))
     }
 
-    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
-        Ok(Response::new(ServerReadyResponse { ready: self.server.ready() }))
+    async fn server_ready(
+        &self,
+        _: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.server.ready(),
+        }))
     }
 
-    async fn model_ready(&self, r: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+    async fn model_ready(
+        &self,
+        r: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
         let r = r.into_inner();
         let v = version(&r.version)?;
         Ok(Response::new(ModelReadyResponse {
@@ -74,22 +93,35 @@ impl GrpcInferenceService for GrpcFrontend {
         }))
     }
 
-    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
         Ok(Response::new(ServerMetadataResponse {
             name: self.server.name().into(),
             version: self.server.version().into(),
-            extensions: infera_core::server::EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+            extensions: infera_core::server::EXTENSIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }))
     }
 
-    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
+    async fn model_metadata(
+        &self,
+        r: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = r.into_inner();
-        let m = self.server.model_metadata(&r.name, version(&r.version)?).map_err(status)?;
-        let t = |t: &infera_core::request::TensorMetadata| model_metadata_response::TensorMetadata {
-            name: t.name.clone(),
-            datatype: t.datatype.clone(),
-            shape: t.shape.clone(),
-        };
+        let m = self
+            .server
+            .model_metadata(&r.name, version(&r.version)?)
+            .map_err(status)?;
+        let t =
+            |t: &infera_core::request::TensorMetadata| model_metadata_response::TensorMetadata {
+                name: t.name.clone(),
+                datatype: t.datatype.clone(),
+                shape: t.shape.clone(),
+            };
         Ok(Response::new(ModelMetadataResponse {
             name: m.name.clone(),
             versions: m.versions.clone(),
@@ -99,7 +131,10 @@ impl GrpcInferenceService for GrpcFrontend {
         }))
     }
 
-    async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+    async fn model_infer(
+        &self,
+        r: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
         let req = from_proto_request(r.into_inner()).map_err(status)?;
         let resp = self.server.infer(req).await.map_err(status)?;
         Ok(Response::new(to_proto_response(resp)))
@@ -149,10 +184,15 @@ impl GrpcInferenceService for GrpcFrontend {
                 });
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn model_config(&self, r: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+    async fn model_config(
+        &self,
+        r: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
         let r = r.into_inner();
         let m = self.server.model(&r.name).map_err(status)?;
         m.version(version(&r.version)?).map_err(status)?;
@@ -161,10 +201,21 @@ impl GrpcInferenceService for GrpcFrontend {
         }))
     }
 
-    async fn model_statistics(&self, r: Request<ModelStatisticsRequest>) -> Result<Response<ModelStatisticsResponse>, Status> {
+    async fn model_statistics(
+        &self,
+        r: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
         let r = r.into_inner();
-        let list = self.server.statistics(&r.name, version(&r.version)?).map_err(status)?;
-        let d = |d: &infera_core::stats::Duration64| Some(StatisticDuration { count: d.count, ns: d.ns });
+        let list = self
+            .server
+            .statistics(&r.name, version(&r.version)?)
+            .map_err(status)?;
+        let d = |d: &infera_core::stats::Duration64| {
+            Some(StatisticDuration {
+                count: d.count,
+                ns: d.ns,
+            })
+        };
         let model_stats = list
             .iter()
             .map(|v| {
@@ -203,7 +254,10 @@ impl GrpcInferenceService for GrpcFrontend {
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
-    async fn repository_index(&self, r: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
+    async fn repository_index(
+        &self,
+        r: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
         let r = r.into_inner();
         let models = self
             .server
@@ -220,49 +274,94 @@ impl GrpcInferenceService for GrpcFrontend {
         Ok(Response::new(RepositoryIndexResponse { models }))
     }
 
-    async fn repository_model_load(&self, r: Request<RepositoryModelLoadRequest>) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+    async fn repository_model_load(
+        &self,
+        r: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
         let r = r.into_inner();
         if let Some(k) = r.parameters.keys().find(|k| k.starts_with("file:")) {
             return Err(Status::unimplemented(format!(
                 "'{k}': loading model files through the API is not supported; put them in the repository"
             )));
         }
-        let config = match r.parameters.get("config").and_then(|p| p.parameter_choice.as_ref()) {
+        let config = match r
+            .parameters
+            .get("config")
+            .and_then(|p| p.parameter_choice.as_ref())
+        {
             None => None,
             Some(model_repository_parameter::ParameterChoice::StringParam(s)) => Some(s.clone()),
-            Some(_) => return Err(Status::invalid_argument("parameter 'config' must be a string of JSON")),
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "parameter 'config' must be a string of JSON",
+                ));
+            }
         };
-        self.server.load(&r.model_name, config).await.map_err(status)?;
+        self.server
+            .load(&r.model_name, config)
+            .await
+            .map_err(status)?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
-    async fn repository_model_unload(&self, r: Request<RepositoryModelUnloadRequest>) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
-        self.server.unload(&r.into_inner().model_name).map_err(status)?;
+    async fn repository_model_unload(
+        &self,
+        r: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        self.server
+            .unload(&r.into_inner().model_name)
+            .map_err(status)?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 
-    async fn system_shared_memory_status(&self, _: Request<SystemSharedMemoryStatusRequest>) -> Result<Response<SystemSharedMemoryStatusResponse>, Status> {
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<SystemSharedMemoryStatusResponse>, Status> {
         Err(Status::unimplemented("shared memory is not supported"))
     }
-    async fn system_shared_memory_register(&self, _: Request<SystemSharedMemoryRegisterRequest>) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
         Err(Status::unimplemented("shared memory is not supported"))
     }
-    async fn system_shared_memory_unregister(&self, _: Request<SystemSharedMemoryUnregisterRequest>) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
         Err(Status::unimplemented("shared memory is not supported"))
     }
-    async fn cuda_shared_memory_status(&self, _: Request<CudaSharedMemoryStatusRequest>) -> Result<Response<CudaSharedMemoryStatusResponse>, Status> {
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<CudaSharedMemoryStatusResponse>, Status> {
         Err(Status::unimplemented("CUDA shared memory is not supported"))
     }
-    async fn cuda_shared_memory_register(&self, _: Request<CudaSharedMemoryRegisterRequest>) -> Result<Response<CudaSharedMemoryRegisterResponse>, Status> {
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<CudaSharedMemoryRegisterResponse>, Status> {
         Err(Status::unimplemented("CUDA shared memory is not supported"))
     }
-    async fn cuda_shared_memory_unregister(&self, _: Request<CudaSharedMemoryUnregisterRequest>) -> Result<Response<CudaSharedMemoryUnregisterResponse>, Status> {
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<CudaSharedMemoryUnregisterResponse>, Status> {
         Err(Status::unimplemented("CUDA shared memory is not supported"))
     }
-    async fn trace_setting(&self, _: Request<TraceSettingRequest>) -> Result<Response<TraceSettingResponse>, Status> {
+    async fn trace_setting(
+        &self,
+        _: Request<TraceSettingRequest>,
+    ) -> Result<Response<TraceSettingResponse>, Status> {
         Err(Status::unimplemented("tracing settings are not supported"))
     }
-    async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Result<Response<LogSettingsResponse>, Status> {
-        Err(Status::unimplemented("log settings are not supported; use RUST_LOG"))
+    async fn log_settings(
+        &self,
+        _: Request<LogSettingsRequest>,
+    ) -> Result<Response<LogSettingsResponse>, Status> {
+        Err(Status::unimplemented(
+            "log settings are not supported; use RUST_LOG",
+        ))
     }
 }

@@ -61,10 +61,11 @@ fn invalid(m: impl Into<String>) -> ServeError {
 fn param_u64(params: Option<&Map<String, Value>>, key: &str) -> Result<Option<u64>, ServeError> {
     match params.and_then(|p| p.get(key)) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| invalid(format!("parameter '{key}' must be a non-negative integer, got {v}"))),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            invalid(format!(
+                "parameter '{key}' must be a non-negative integer, got {v}"
+            ))
+        }),
     }
 }
 
@@ -72,7 +73,9 @@ fn param_bool(params: Option<&Map<String, Value>>, key: &str) -> Result<Option<b
     match params.and_then(|p| p.get(key)) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(v) => Err(invalid(format!("parameter '{key}' must be true or false, got {v}"))),
+        Some(v) => Err(invalid(format!(
+            "parameter '{key}' must be true or false, got {v}"
+        ))),
     }
 }
 
@@ -109,19 +112,29 @@ pub fn decode_request(
     })?;
     let params = req.parameters.as_ref();
     if params.is_some_and(|p| p.contains_key("sequence_id")) {
-        return Err(ServeError::unsupported("sequence batching (sequence_id) is not supported"));
+        return Err(ServeError::unsupported(
+            "sequence batching (sequence_id) is not supported",
+        ));
     }
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for i in req.inputs {
         let dtype = DataType::parse(&i.datatype).ok_or_else(|| {
-            invalid(format!("input '{}' has unknown datatype '{}'", i.name, i.datatype))
+            invalid(format!(
+                "input '{}' has unknown datatype '{}'",
+                i.name, i.datatype
+            ))
         })?;
         let shape = i
             .shape
             .iter()
             .map(|&d| usize::try_from(d))
             .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| invalid(format!("input '{}' has a negative dimension in shape {:?}", i.name, i.shape)))?;
+            .map_err(|_| {
+                invalid(format!(
+                    "input '{}' has a negative dimension in shape {:?}",
+                    i.name, i.shape
+                ))
+            })?;
         let ip = i.parameters.as_ref();
         if ip.is_some_and(|p| p.contains_key("shared_memory_region")) {
             return Err(ServeError::unsupported(format!(
@@ -150,7 +163,10 @@ pub fn decode_request(
             }
         }
         .map_err(|e| invalid(format!("input '{}': {e}", i.name)))?;
-        inputs.push(InputTensor { name: i.name, tensor });
+        inputs.push(InputTensor {
+            name: i.name,
+            tensor,
+        });
     }
     if !binary.is_empty() {
         return Err(invalid(format!(
@@ -190,20 +206,27 @@ pub fn decode_request(
             inputs,
             outputs,
             priority: param_u64(params, "priority")?.unwrap_or(0) as usize,
-            timeout: param_u64(params, "timeout")?.filter(|&t| t > 0).map(Duration::from_micros),
+            timeout: param_u64(params, "timeout")?
+                .filter(|&t| t > 0)
+                .map(Duration::from_micros),
         },
         binary_outputs,
         binary_default,
     })
 }
 
-fn decode_raw(model: &str, version: Option<i64>, body: Bytes, input: RawInput) -> Result<Decoded, ServeError> {
+fn decode_raw(
+    model: &str,
+    version: Option<i64>,
+    body: Bytes,
+    input: RawInput,
+) -> Result<Decoded, ServeError> {
     let shape: Vec<usize> = match input.dtype.size() {
         Some(size) => {
             let known: i64 = input.shape.iter().filter(|&&d| d > 0).product();
             let free = input.shape.iter().filter(|&&d| d < 0).count();
             let elems = body.len() / size;
-            if free > 1 || known == 0 || (free == 1 && elems % known as usize != 0) {
+            if free > 1 || known == 0 || (free == 1 && !elems.is_multiple_of(known as usize)) {
                 return Err(invalid(format!(
                     "raw binary request: cannot infer the shape of input '{}' ({:?}) from {} bytes",
                     input.name,
@@ -214,7 +237,13 @@ fn decode_raw(model: &str, version: Option<i64>, body: Bytes, input: RawInput) -
             input
                 .shape
                 .iter()
-                .map(|&d| if d < 0 { elems / known as usize } else { d as usize })
+                .map(|&d| {
+                    if d < 0 {
+                        elems / known as usize
+                    } else {
+                        d as usize
+                    }
+                })
                 .collect()
         }
         None => input.shape.iter().map(|&d| d.max(1) as usize).collect(),
@@ -240,7 +269,11 @@ fn decode_raw(model: &str, version: Option<i64>, body: Bytes, input: RawInput) -
 }
 
 /// Encodes a response; returns the body and, when binary data follows, the JSON length.
-pub fn encode_response(resp: &InferResponse, decoded_binary: &[(String, bool)], binary_default: bool) -> (Bytes, Option<usize>) {
+pub fn encode_response(
+    resp: &InferResponse,
+    decoded_binary: &[(String, bool)],
+    binary_default: bool,
+) -> (Bytes, Option<usize>) {
     let mut binary = BytesMut::new();
     let mut outputs = Vec::with_capacity(resp.outputs.len());
     for o in &resp.outputs {
@@ -323,9 +356,27 @@ mod tests {
         long.extend_from_slice(&[0; 12]);
         assert!(e(Some(head.len()), &long).contains("not claimed"));
         assert!(e(None, b"{not json").contains("failed to parse"));
-        assert!(e(None, br#"{"inputs":[{"name":"a","shape":[-1],"datatype":"INT32","data":[]}]}"#).contains("negative"));
-        assert!(e(None, br#"{"inputs":[{"name":"a","shape":[1],"datatype":"FLOAT","data":[1]}]}"#).contains("unknown datatype"));
-        assert!(e(None, br#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT32","data":[1]}]}"#).contains("expected 2 values"));
+        assert!(
+            e(
+                None,
+                br#"{"inputs":[{"name":"a","shape":[-1],"datatype":"INT32","data":[]}]}"#
+            )
+            .contains("negative")
+        );
+        assert!(
+            e(
+                None,
+                br#"{"inputs":[{"name":"a","shape":[1],"datatype":"FLOAT","data":[1]}]}"#
+            )
+            .contains("unknown datatype")
+        );
+        assert!(
+            e(
+                None,
+                br#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT32","data":[1]}]}"#
+            )
+            .contains("expected 2 values")
+        );
     }
 
     #[test]

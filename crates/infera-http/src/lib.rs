@@ -45,13 +45,25 @@ pub fn router(server: Arc<InferenceServer>, max_body_bytes: usize) -> Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}", get(model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_v),
+        )
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_v),
+        )
         .route("/v2/models/{model}/config", get(model_config))
-        .route("/v2/models/{model}/versions/{version}/config", get(model_config_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config_v),
+        )
         .route("/v2/models/{model}/stats", get(model_stats))
-        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_stats_v),
+        )
         .route("/v2/repository/index", post(repo_index))
         .route("/v2/repository/{repo}/index", post(repo_index_named))
         .route("/v2/repository/models/{model}/load", post(repo_load))
@@ -61,29 +73,46 @@ pub fn router(server: Arc<InferenceServer>, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(RequestDecompressionLayer::new())
         .layer(CatchPanicLayer::custom(|_| {
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error while handling the request")
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error while handling the request",
+            )
         }))
 }
 
 async fn not_found() -> Response {
-    json_error(StatusCode::NOT_FOUND, "no such endpoint; see /v2 for the protocol")
+    json_error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see /v2 for the protocol",
+    )
 }
 
 fn parse_version(v: &str) -> Result<Option<i64>, ApiError> {
     if v.is_empty() {
         return Ok(None);
     }
-    v.parse::<i64>()
-        .map(Some)
-        .map_err(|_| ApiError(ServeError::invalid(format!("version '{v}' is not a number"))))
+    v.parse::<i64>().map(Some).map_err(|_| {
+        ApiError(ServeError::invalid(format!(
+            "version '{v}' is not a number"
+        )))
+    })
 }
 
 fn json_ok(v: Value) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 fn flag(ok: bool) -> StatusCode {
-    if ok { StatusCode::OK } else { StatusCode::BAD_REQUEST }
+    if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    }
 }
 
 async fn server_metadata(State(s): State<AppState>) -> Response {
@@ -106,7 +135,10 @@ async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> St
     flag(s.server.model_ready(&model, None))
 }
 
-async fn model_ready_v(State(s): State<AppState>, Path((model, v)): Path<(String, String)>) -> StatusCode {
+async fn model_ready_v(
+    State(s): State<AppState>,
+    Path((model, v)): Path<(String, String)>,
+) -> StatusCode {
     match parse_version(&v) {
         Ok(v) => flag(s.server.model_ready(&model, v)),
         Err(_) => StatusCode::BAD_REQUEST,
@@ -129,11 +161,17 @@ fn metadata(s: &AppState, model: &str, version: Option<i64>) -> ApiResult<Respon
     })))
 }
 
-async fn model_metadata(State(s): State<AppState>, Path(model): Path<String>) -> ApiResult<Response> {
+async fn model_metadata(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> ApiResult<Response> {
     metadata(&s, &model, None)
 }
 
-async fn model_metadata_v(State(s): State<AppState>, Path((model, v)): Path<(String, String)>) -> ApiResult<Response> {
+async fn model_metadata_v(
+    State(s): State<AppState>,
+    Path((model, v)): Path<(String, String)>,
+) -> ApiResult<Response> {
     metadata(&s, &model, parse_version(&v)?)
 }
 
@@ -147,7 +185,10 @@ async fn model_config(State(s): State<AppState>, Path(model): Path<String>) -> A
     config(&s, &model, None)
 }
 
-async fn model_config_v(State(s): State<AppState>, Path((model, v)): Path<(String, String)>) -> ApiResult<Response> {
+async fn model_config_v(
+    State(s): State<AppState>,
+    Path((model, v)): Path<(String, String)>,
+) -> ApiResult<Response> {
     config(&s, &model, parse_version(&v)?)
 }
 
@@ -194,7 +235,10 @@ async fn model_stats(State(s): State<AppState>, Path(model): Path<String>) -> Ap
     stats(&s, &model, None)
 }
 
-async fn model_stats_v(State(s): State<AppState>, Path((model, v)): Path<(String, String)>) -> ApiResult<Response> {
+async fn model_stats_v(
+    State(s): State<AppState>,
+    Path((model, v)): Path<(String, String)>,
+) -> ApiResult<Response> {
     stats(&s, &model, parse_version(&v)?)
 }
 
@@ -208,7 +252,10 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
         } else {
             infera_core::ErrorKind::InvalidArgument
         };
-        ApiError(ServeError::new(kind, format!("cannot read the request body: {e}")))
+        ApiError(ServeError::new(
+            kind,
+            format!("cannot read the request body: {e}"),
+        ))
     })
 }
 
@@ -291,16 +338,23 @@ async fn infer_inner(
         }
     })?;
     let response = server.infer(decoded.request).await?;
-    let (body, json_len) = encode_response(&response, &decoded.binary_outputs, decoded.binary_default);
+    let (body, json_len) =
+        encode_response(&response, &decoded.binary_outputs, decoded.binary_default);
     let mut r = (StatusCode::OK, body).into_response();
     let h = r.headers_mut();
     match json_len {
         Some(n) => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             h.insert(HEADER_LENGTH, HeaderValue::from(n));
         }
         None => {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
     }
     Ok(r)
@@ -310,11 +364,17 @@ fn optional_json(body: &Bytes) -> ApiResult<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError(ServeError::invalid(format!("failed to parse the request JSON: {e}"))))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(ServeError::invalid(format!(
+            "failed to parse the request JSON: {e}"
+        )))
+    })
 }
 
-async fn repo_index(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+async fn repo_index(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
     let req = optional_json(&body_or_error(body)?)?;
     let ready_only = req.get("ready").and_then(Value::as_bool).unwrap_or(false);
     let list: Vec<Value> = s

@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use tokio_stream::StreamExt;
 use clap::Args;
 use infera_core::InferenceServer;
 use infera_core::backend::Backend;
 use infera_core::metrics::Metrics;
 use infera_core::repository::{Backends, ModelRepository, RepositoryOptions};
+use tokio_stream::StreamExt;
 use tracing::{info, warn};
 
 #[derive(Args, Debug)]
@@ -69,7 +69,9 @@ pub struct ServeArgs {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     if format == "json" {
         builder.json().init();
     } else {
@@ -85,7 +87,9 @@ fn backends(args: &ServeArgs) -> Backends {
                 info!(library = %lib.display(), "ONNX Runtime loaded");
                 b.onnxruntime = Some(Arc::new(ort) as Arc<dyn Backend>);
             }
-            Err(e) => warn!(error = %e, "ONNX Runtime could not be loaded; falling back to tract where built in"),
+            Err(e) => {
+                warn!(error = %e, "ONNX Runtime could not be loaded; falling back to tract where built in")
+            }
         },
         None => warn!(
             "ONNX Runtime not found (no --onnxruntime-lib, ORT_DYLIB_PATH or `onnxruntime` wheel); falling back to tract where built in"
@@ -99,7 +103,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let repo_dir = match &args.model_repository {
         Some(d) => {
-            anyhow::ensure!(d.is_dir(), "model repository {} is not a directory", d.display());
+            anyhow::ensure!(
+                d.is_dir(),
+                "model repository {} is not a directory",
+                d.display()
+            );
             d.clone()
         }
         None => {
@@ -119,7 +127,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_queue: args.max_queue_size.max(1),
         ..Default::default()
     };
-    let repository = Arc::new(ModelRepository::new(&repo_dir, backends(&args), options, metrics.clone()));
+    let repository = Arc::new(ModelRepository::new(
+        &repo_dir,
+        backends(&args),
+        options,
+        metrics.clone(),
+    ));
     repository
         .load_all()
         .with_context(|| format!("cannot read model repository {}", repo_dir.display()))?;
@@ -150,7 +163,12 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-async fn serve(args: ServeArgs, server: Arc<InferenceServer>, metrics: Metrics, started: Instant) -> anyhow::Result<()> {
+async fn serve(
+    args: ServeArgs,
+    server: Arc<InferenceServer>,
+    metrics: Metrics,
+    started: Instant,
+) -> anyhow::Result<()> {
     let addr = |port: u16| -> anyhow::Result<SocketAddr> {
         format!("{}:{port}", args.host)
             .parse()
@@ -189,9 +207,9 @@ async fn serve(args: ServeArgs, server: Arc<InferenceServer>, metrics: Metrics, 
     }
     if args.grpc_port != 0 {
         let a = addr(args.grpc_port)?;
-        let listener = tokio::net::TcpListener::bind(a)
-            .await
-            .with_context(|| format!("cannot listen for gRPC on {a} (pick another with --grpc-port)"))?;
+        let listener = tokio::net::TcpListener::bind(a).await.with_context(|| {
+            format!("cannot listen for gRPC on {a} (pick another with --grpc-port)")
+        })?;
         let svc = infera_grpc::service(server.clone(), args.max_body_size);
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {
@@ -216,9 +234,9 @@ async fn serve(args: ServeArgs, server: Arc<InferenceServer>, metrics: Metrics, 
     }
     if args.metrics_port != 0 {
         let a = addr(args.metrics_port)?;
-        let listener = tokio::net::TcpListener::bind(a)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {a} (pick another with --metrics-port)"))?;
+        let listener = tokio::net::TcpListener::bind(a).await.with_context(|| {
+            format!("cannot listen for metrics on {a} (pick another with --metrics-port)")
+        })?;
         let app = infera_http::metrics_router(metrics);
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, Rust unit/property tests, then the Python
+# acceptance tests (tritonclient, perf_analyzer) against the release binary.
+# Installs what it needs: Debian's libb64-0d (perf_analyzer) and a virtualenv with pinned packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! ldconfig -p | grep -q libb64.so.0d; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null
+  fi
+fi
+source scripts/python-env.sh test
+cuda_lib=$(python -c 'import nvidia.cuda_runtime as m; print(list(m.__path__)[0] + "/lib")')
+export LD_LIBRARY_PATH="$cuda_lib:${LD_LIBRARY_PATH:-}"
+
+echo "== cargo fmt / clippy"
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --release --workspace
+echo "== build"
+cargo build --release --bin infera
+target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target=$PWD/$target ;; esac
+export INFERA_BIN="$target/release/infera"
+echo "== python acceptance tests"
+python -m pytest tests/python -q -p no:cacheprovider "$@"
