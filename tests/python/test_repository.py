@@ -150,3 +150,33 @@ def test_full_queue_answers_429_and_unavailable(make_server):
             assert retry == "1" and "retry later" in json.loads(body)["error"]
     c = grpcclient.InferenceServerClient(s.grpc)
     assert c.is_server_ready()
+
+
+def test_tract_backend_on_request_and_as_fallback(make_server, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(FIXTURES / "fashion_mnist", repo / "fashion_tract")
+    cfg = (repo / "fashion_tract" / "config.pbtxt").read_text()
+    cfg = cfg.replace('name: "fashion_mnist"', 'name: "fashion_tract"').replace('platform: "onnxruntime_onnx"', 'backend: "tract"')
+    (repo / "fashion_tract" / "config.pbtxt").write_text(cfg)
+    shutil.copytree(FIXTURES / "simple", repo / "simple")
+    x = reference.fashion_batch(3, seed=11)
+    want = reference.run("fashion_mnist", {"input": x})["logits"]
+
+    def check(server, model):
+        c = httpclient.InferenceServerClient(server.http)
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        np.testing.assert_allclose(c.infer(model, [inp]).as_numpy("logits"), want, atol=1e-3, rtol=1e-4)
+        assert c.get_model_config(model)["max_batch_size"] == 64
+        r = c.infer("simple", simple_inputs(batch=3))
+        np.testing.assert_array_equal(r.as_numpy("OUTPUT0"), np.full((3, 16), 2))
+
+    s = make_server(repo)
+    check(s, "fashion_tract")
+    assert "backend=\"tract\"" in s.logs() or "backend=tract" in s.logs()
+    s.stop()
+    # No ONNX Runtime at all: every model falls back to tract, with a clear log line.
+    s = make_server(repo, "--onnxruntime-lib", str(tmp_path / "missing" / "libonnxruntime.so"))
+    check(s, "fashion_tract")
+    assert "ONNX Runtime could not be loaded" in s.logs()
+    assert "serving with tract" in s.logs()

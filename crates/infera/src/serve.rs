@@ -95,6 +95,13 @@ fn backends(args: &ServeArgs) -> Backends {
             "ONNX Runtime not found (no --onnxruntime-lib, ORT_DYLIB_PATH or `onnxruntime` wheel); falling back to tract where built in"
         ),
     }
+    #[cfg(feature = "tract")]
+    {
+        b.tract = Some(Arc::new(infera_backend_tract::TractBackend) as Arc<dyn Backend>);
+    }
+    if b.onnxruntime.is_none() && b.tract.is_none() {
+        warn!("no runtime available: this build has no tract backend and ONNX Runtime was not found");
+    }
     b
 }
 
