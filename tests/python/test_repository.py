@@ -173,7 +173,7 @@ def test_tract_backend_on_request_and_as_fallback(make_server, tmp_path):
 
     s = make_server(repo)
     check(s, "fashion_tract")
-    assert "backend=\"tract\"" in s.logs() or "backend=tract" in s.logs()
+    assert "model=fashion_tract backend=\"tract\"" in s.logs(), s.logs()
     s.stop()
     # No ONNX Runtime at all: every model falls back to tract, with a clear log line.
     s = make_server(repo, "--onnxruntime-lib", str(tmp_path / "missing" / "libonnxruntime.so"))
