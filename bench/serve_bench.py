@@ -54,17 +54,31 @@ def rss_mb(pid, key="VmRSS"):
             return int(line.split()[1]) / 1024
 
 
-def perf(url, proto, model, batch=1):
-    with tempfile.NamedTemporaryFile(suffix=".csv") as f:
-        cmd = ["perf_analyzer", "-m", model, "-u", url, "-i", proto, "-b", str(batch),
-               "--concurrency-range", f"1:16", "--measurement-interval", WINDOW_MS,
-               "--stability-percentage", "999", "--max-trials", "3", "-f", f.name]
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode != 0:
-            sys.exit(f"perf_analyzer failed: {p.stdout[-2000:]} {p.stderr[-2000:]}")
-        rows = {int(r["Concurrency"]): r for r in csv.DictReader(open(f.name))}
-    return {c: {"tput": float(rows[c]["Inferences/Second"]), "p50": int(rows[c]["p50 latency"]),
-                "p99": int(rows[c]["p99 latency"])} for c in LEVELS}
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def perf(url, proto, model, server_pid, batch=1):
+    out = {}
+    for c in LEVELS:
+        import resource
+        t0, s0 = time.perf_counter(), cpu_seconds(server_pid)
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with tempfile.NamedTemporaryFile(suffix=".csv") as f:
+            cmd = ["perf_analyzer", "-m", model, "-u", url, "-i", proto, "-b", str(batch),
+                   "--concurrency-range", f"{c}:{c}", "--measurement-interval", WINDOW_MS,
+                   "--stability-percentage", "999", "--max-trials", "3", "-f", f.name]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode != 0:
+                sys.exit(f"perf_analyzer failed: {p.stdout[-2000:]} {p.stderr[-2000:]}")
+            r = next(csv.DictReader(open(f.name)))
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out[c] = {"tput": float(r["Inferences/Second"]), "p50": int(r["p50 latency"]), "p99": int(r["p99 latency"]),
+                  "server_cores": (cpu_seconds(server_pid) - s0) / wall,
+                  "client_cores": (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / wall}
+    return out
 
 
 def floor(model, threads):
@@ -82,24 +96,25 @@ def main():
             fl = max((floor(model, t) for t in (1, 2)), key=lambda f: f["throughput_batch64"])
             fl1 = floor(model, 1)
             for proto, p in (("http", ports[0]), ("grpc", ports[1])):
-                results[(model, proto)] = (perf(f"127.0.0.1:{p}", proto, model), fl, fl1)
+                results[(model, proto)] = (perf(f"127.0.0.1:{p}", proto, model, proc.pid), fl, fl1)
         peak_rss = rss_mb(proc.pid, "VmHWM")
+        rss_now = rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait()
-    print("| model | protocol | c=1 p50 µs | in-process p50 µs (1 thread) | overhead µs | c=16 infer/s | in-process batch-64 infer/s | c=16 / floor |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | protocol | c=1 p50 µs | in-process p50 µs | overhead µs | c=16 infer/s | in-process batch-64 infer/s (best / 1 thread) | c=16 / best | c=16 / 1-thread | CPU cores at c=16 (server / perf_analyzer) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (model, proto), (r, fl, fl1) in results.items():
         over = r[1]["p50"] - fl1["p50_batch1_us"]
-        ratio = r[16]["tput"] / fl["throughput_batch64"]
         print(f"| {model} | {proto} | {r[1]['p50']} | {fl1['p50_batch1_us']:.0f} | {over:.0f} | {r[16]['tput']:.0f} | "
-              f"{fl['throughput_batch64']:.0f} | {ratio:.2f} |")
+              f"{fl['throughput_batch64']:.0f} / {fl1['throughput_batch64']:.0f} | {r[16]['tput'] / fl['throughput_batch64']:.2f} | "
+              f"{r[16]['tput'] / fl1['throughput_batch64']:.2f} | {r[16]['server_cores']:.2f} / {r[16]['client_cores']:.2f} |")
     print("\nthroughput (infer/s) by concurrency:\n")
     print("| model | protocol | " + " | ".join(f"c={c}" for c in LEVELS) + " | p99 µs at c=16 |")
     print("|---|---|" + "---|" * (len(LEVELS) + 1))
     for (model, proto), (r, _, _) in results.items():
         print(f"| {model} | {proto} | " + " | ".join(f"{r[c]['tput']:.0f}" for c in LEVELS) + f" | {r[16]['p99']} |")
-    print(f"\npeak RSS under load: {peak_rss:.0f} MB")
+    print(f"\npeak RSS under load (VmHWM): {peak_rss:.0f} MB; RSS after load: {rss_now:.0f} MB")
 
 
 if __name__ == "__main__":
