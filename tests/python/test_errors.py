@@ -87,6 +87,7 @@ def test_body_over_the_limit_is_413(server):
     big = b'{"inputs":[{"name":"INPUT0","datatype":"INT32","shape":[1,16],"data":[' + b"1," * (5 << 20) + b"1]}]}"
     st, _, b = post_json(server, "/v2/models/simple/infer", big)
     assert st == 413 and "--max-body-size" in b["error"], b
+    assert server.proc.poll() is None
 
 
 def test_tritonclient_raises_with_status_and_message(server):

@@ -21,7 +21,9 @@ fn input(session: &dyn Session, batch: usize) -> Vec<Tensor> {
             let n: usize = shape.iter().product();
             match spec.dtype {
                 DataType::I32 => Tensor::from_slice(shape, &vec![1i32; n]),
-                _ => Tensor::from_slice(shape, &(0..n).map(|i| (i % 255) as f32).collect::<Vec<_>>()),
+                _ => {
+                    Tensor::from_slice(shape, &(0..n).map(|i| (i % 255) as f32).collect::<Vec<_>>())
+                }
             }
             .expect("valid tensor")
         })
@@ -30,7 +32,10 @@ fn input(session: &dyn Session, batch: usize) -> Vec<Tensor> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let model = PathBuf::from(args.get(1).expect("usage: floor MODEL.onnx [SECONDS] [THREADS]"));
+    let model = PathBuf::from(
+        args.get(1)
+            .expect("usage: floor MODEL.onnx [SECONDS] [THREADS]"),
+    );
     let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3.0);
     let threads: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2);
     let lib = find_library(None).ok_or_else(|| anyhow::anyhow!("ONNX Runtime not found"))?;

@@ -11,7 +11,7 @@ use infera_core::tensor::Element;
 use infera_core::{DataType, Tensor};
 use tract_onnx::prelude::{
     Datum, DatumType, Framework, InferenceFact, InferenceModelExt, TDim, TValue, TVec,
-    Tensor as TractTensor, TypedFact, TypedModel, TypedRunnableModel,
+    Tensor as TractTensor, TypedFact, TypedRunnableModel,
 };
 use tract_onnx::tract_core::model::IntoRunnable;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -36,12 +36,19 @@ fn to_dtype(dt: DatumType) -> Option<DataType> {
     })
 }
 
-fn spec(model: &TypedModel, name: String, fact: &TypedFact) -> Result<IoSpec, String> {
-    let _ = model;
+fn spec(name: String, fact: &TypedFact) -> Result<IoSpec, String> {
     Ok(IoSpec {
-        dtype: to_dtype(fact.datum_type)
-            .ok_or_else(|| format!("'{name}' has type {:?}, which the tract backend cannot serve", fact.datum_type))?,
-        shape: fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect(),
+        dtype: to_dtype(fact.datum_type).ok_or_else(|| {
+            format!(
+                "'{name}' has type {:?}, which the tract backend cannot serve",
+                fact.datum_type
+            )
+        })?,
+        shape: fact
+            .shape
+            .iter()
+            .map(|d| d.to_i64().unwrap_or(-1))
+            .collect(),
         name,
     })
 }
@@ -60,7 +67,10 @@ impl Backend for TractBackend {
             .model_for_path(model_file)
             .map_err(|e| fail(format!("{e:#}")))?;
         for i in 0..model.inputs.len() {
-            let fact = model.input_fact(i).map_err(|e| fail(e.to_string()))?.clone();
+            let fact = model
+                .input_fact(i)
+                .map_err(|e| fail(e.to_string()))?
+                .clone();
             let dt = fact
                 .datum_type
                 .concretize()
@@ -74,7 +84,11 @@ impl Backend for TractBackend {
                 .enumerate()
                 .map(|(j, d)| {
                     d.concretize().unwrap_or_else(|| {
-                        let name = if j == 0 { "N".to_string() } else { format!("d{i}_{j}") };
+                        let name = if j == 0 {
+                            "N".to_string()
+                        } else {
+                            format!("d{i}_{j}")
+                        };
                         model.symbols.sym(&name).into()
                     })
                 })
@@ -91,15 +105,25 @@ impl Backend for TractBackend {
                 .unwrap_or_else(|| fallback.to_string())
         };
         let mut signature = Signature::default();
-        for (i, &o) in typed.input_outlets().map_err(|e| fail(e.to_string()))?.iter().enumerate() {
+        for (i, &o) in typed
+            .input_outlets()
+            .map_err(|e| fail(e.to_string()))?
+            .iter()
+            .enumerate()
+        {
             let name = typed.node(o.node).name.clone();
             let fact = typed.input_fact(i).map_err(|e| fail(e.to_string()))?;
-            signature.inputs.push(spec(&typed, name, fact).map_err(fail)?);
+            signature.inputs.push(spec(name, fact).map_err(fail)?);
         }
-        for (i, &o) in typed.output_outlets().map_err(|e| fail(e.to_string()))?.iter().enumerate() {
+        for (i, &o) in typed
+            .output_outlets()
+            .map_err(|e| fail(e.to_string()))?
+            .iter()
+            .enumerate()
+        {
             let name = label(o, &typed.node(o.node).name);
             let fact = typed.output_fact(i).map_err(|e| fail(e.to_string()))?;
-            signature.outputs.push(spec(&typed, name, fact).map_err(fail)?);
+            signature.outputs.push(spec(name, fact).map_err(fail)?);
         }
         let plan = typed.into_runnable().map_err(|e| fail(format!("{e:#}")))?;
         Ok(Box::new(TractSession { plan, signature }))

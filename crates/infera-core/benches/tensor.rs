@@ -35,11 +35,20 @@ fn benches(c: &mut Criterion) {
     });
     let json = serde_json::Value::Array((0..784).map(|i| ((i % 255) as f64).into()).collect());
     c.bench_function("from_json 784 FP32 values", |b| {
-        b.iter(|| Tensor::from_json(DataType::F32, vec![1, 1, 28, 28], black_box(&json)).expect("valid"))
+        b.iter(|| {
+            Tensor::from_json(DataType::F32, vec![1, 1, 28, 28], black_box(&json)).expect("valid")
+        })
     });
     let raw_one = raw[0].clone();
     c.bench_function("from_raw 3136 B FP32 (binary extension)", |b| {
-        b.iter(|| Tensor::from_raw(DataType::F32, vec![1, 1, 28, 28], black_box(raw_one.clone())).expect("valid"))
+        b.iter(|| {
+            Tensor::from_raw(
+                DataType::F32,
+                vec![1, 1, 28, 28],
+                black_box(raw_one.clone()),
+            )
+            .expect("valid")
+        })
     });
 }
 

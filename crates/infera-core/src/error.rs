@@ -13,6 +13,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The queue is full; retry later: HTTP 429 / gRPC UNAVAILABLE (+ Retry-After).
     QueueFull,
+    /// The request is larger than the server accepts: HTTP 413 / gRPC RESOURCE_EXHAUSTED.
+    TooLarge,
     /// Not implemented by this server: HTTP 501 / gRPC UNIMPLEMENTED.
     Unsupported,
     /// A fault inside the server or runtime: HTTP 500 / gRPC INTERNAL.

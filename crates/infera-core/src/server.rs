@@ -13,7 +13,7 @@ use crate::repository::{IoDesc, Model, ModelRepository};
 use crate::request::{InferRequest, InferResponse, ModelMetadata, OutputTensor};
 use crate::scheduler::Job;
 use crate::stats::StatsSnapshot;
-use crate::tensor::{Tensor, TensorData, element_count};
+use crate::tensor::{Tensor, element_count};
 
 /// Extensions that are really implemented; `/v2` advertises exactly these.
 pub const EXTENSIONS: &[&str] = &[
@@ -400,10 +400,4 @@ fn classify(t: &Tensor, k: usize, labels: Option<&[String]>, batched: bool) -> S
     }
     let shape = if batched { vec![rows, k] } else { vec![k] };
     Tensor::from_strings(shape, strings).map_err(|e| ServeError::internal(e.to_string()))
-}
-
-impl TensorData {
-    pub fn is_strings(&self) -> bool {
-        matches!(self, TensorData::Strings(_))
-    }
 }

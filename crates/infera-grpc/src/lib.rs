@@ -39,6 +39,7 @@ pub fn status(e: ServeError) -> Status {
         ErrorKind::NotFound => Status::not_found(e.message),
         ErrorKind::InvalidArgument => Status::invalid_argument(e.message),
         ErrorKind::Unavailable | ErrorKind::QueueFull => Status::unavailable(e.message),
+        ErrorKind::TooLarge => Status::resource_exhausted(e.message),
         ErrorKind::Unsupported => Status::unimplemented(e.message),
         ErrorKind::Internal => Status::internal(e.message),
     };

@@ -244,18 +244,16 @@ async fn model_stats_v(
 
 fn body_or_error(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|e| {
-        let status = e.status();
-        let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return ApiError(ServeError::invalid(
-                "request body is larger than the server's limit (--max-body-size)".to_string(),
-            ));
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError(ServeError::new(
+                infera_core::ErrorKind::TooLarge,
+                "request body is larger than the server's limit (--max-body-size)",
+            ))
         } else {
-            infera_core::ErrorKind::InvalidArgument
-        };
-        ApiError(ServeError::new(
-            kind,
-            format!("cannot read the request body: {e}"),
-        ))
+            ApiError(ServeError::invalid(format!(
+                "cannot read the request body: {e}"
+            )))
+        }
     })
 }
 
@@ -289,14 +287,7 @@ async fn run_infer(
 ) -> Response {
     match infer_inner(&s, model, version, &headers, body).await {
         Ok(r) => r,
-        Err(e) => {
-            let too_large = e.0.message.contains("--max-body-size");
-            let mut r = e.into_response();
-            if too_large {
-                *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            }
-            r
-        }
+        Err(e) => e.into_response(),
     }
 }
 

@@ -102,7 +102,9 @@ fn backends(args: &ServeArgs) -> Backends {
         b.tract = Some(Arc::new(infera_backend_tract::TractBackend) as Arc<dyn Backend>);
     }
     if b.onnxruntime.is_none() && b.tract.is_none() {
-        warn!("no runtime available: this build has no tract backend and ONNX Runtime was not found");
+        warn!(
+            "no runtime available: this build has no tract backend and ONNX Runtime was not found"
+        );
     }
     b
 }
