@@ -180,3 +180,26 @@ def test_tract_backend_on_request_and_as_fallback(make_server, tmp_path):
     check(s, "fashion_tract")
     assert "ONNX Runtime could not be loaded" in s.logs()
     assert "serving with tract" in s.logs()
+
+
+def test_requests_of_clients_that_left_are_dropped_from_the_queue(make_server):
+    import json
+    import socket
+    s = make_server()
+    x = np.zeros((64, 1, 28, 28), np.float32).tobytes()
+    head = json.dumps({"inputs": [{"name": "input", "shape": [64, 1, 28, 28], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": len(x)}}]}).encode()
+    req = (b"POST /v2/models/fashion_mnist/infer HTTP/1.1\r\nHost: infera\r\n"
+           b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(head), len(head) + len(x))) + head + x
+    socks = []
+    for _ in range(200):
+        c = socket.create_connection(("127.0.0.1", s.http_port))
+        c.sendall(req)
+        socks.append(c)
+    for c in socks:
+        c.close()
+    time.sleep(2)
+    stats = httpclient.InferenceServerClient(s.http).get_inference_statistics("fashion_mnist")["model_stats"][0]
+    # 200 requests of 64 images were queued; most were never run because their clients left.
+    assert stats["inference_count"] < 200 * 64 // 2, stats["inference_count"]
+    assert httpclient.InferenceServerClient(s.http).is_server_ready()
