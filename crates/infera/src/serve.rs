@@ -174,6 +174,36 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+async fn bind(a: SocketAddr, what: &str, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(a).await.with_context(|| {
+        format!(
+            "cannot listen for {what} on {a} (is another server using it? pick a port with {flag})"
+        )
+    })
+}
+
+/// Serves `app` until `stop` fires, then lets in-flight requests finish.
+fn spawn_axum(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: tokio::sync::broadcast::Receiver<()>,
+    what: &'static str,
+) {
+    // Small responses must not wait for delayed ACKs.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.recv().await;
+            })
+            .await
+            .context(what)
+    });
+}
+
 async fn serve(
     args: ServeArgs,
     server: Arc<InferenceServer>,
@@ -197,35 +227,24 @@ async fn serve(
 
     if args.http_port != 0 {
         let a = addr(args.http_port)?;
-        let listener = tokio::net::TcpListener::bind(a)
-            .await
-            .with_context(|| format!("cannot listen for HTTP on {a} (is another server using it? pick one with --http-port)"))?;
+        let listener = bind(a, "HTTP", "--http-port").await?;
         let app = infera_http::router(server.clone(), args.max_body_size);
-        // Small responses must not wait for delayed ACKs.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let mut stop = stop_tx.subscribe();
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.recv().await;
-                })
-                .await
-                .context("HTTP server")
-        });
+        spawn_axum(
+            &mut tasks,
+            listener,
+            app,
+            stop_tx.subscribe(),
+            "HTTP server",
+        );
         endpoints.push(format!("HTTP {a}"));
     }
     if args.grpc_port != 0 {
         let a = addr(args.grpc_port)?;
-        let listener = tokio::net::TcpListener::bind(a).await.with_context(|| {
-            format!("cannot listen for gRPC on {a} (pick another with --grpc-port)")
-        })?;
+        let listener = bind(a, "gRPC", "--grpc-port").await?;
         let svc = infera_grpc::service(server.clone(), args.max_body_size);
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
@@ -245,19 +264,15 @@ async fn serve(
     }
     if args.metrics_port != 0 {
         let a = addr(args.metrics_port)?;
-        let listener = tokio::net::TcpListener::bind(a).await.with_context(|| {
-            format!("cannot listen for metrics on {a} (pick another with --metrics-port)")
-        })?;
+        let listener = bind(a, "metrics", "--metrics-port").await?;
         let app = infera_http::metrics_router(metrics);
-        let mut stop = stop_tx.subscribe();
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.recv().await;
-                })
-                .await
-                .context("metrics server")
-        });
+        spawn_axum(
+            &mut tasks,
+            listener,
+            app,
+            stop_tx.subscribe(),
+            "metrics server",
+        );
         endpoints.push(format!("metrics http://{a}/metrics"));
     }
     info!(
