@@ -14,6 +14,9 @@ pub enum BackendError {
     Load { path: String, reason: String },
     #[error("{0}")]
     Run(String),
+    /// The request's data cannot be processed (e.g. a corrupt image): the client's fault.
+    #[error("{0}")]
+    Input(String),
     #[error("{0}")]
     Unsupported(String),
 }
@@ -45,6 +48,10 @@ pub struct LoadOptions {
 pub trait Backend: Send + Sync {
     /// The name used in `backend:` and in logs.
     fn name(&self) -> &'static str;
+    /// False for backends configured only by config.pbtxt (no file in the version folder).
+    fn needs_model_file(&self) -> bool {
+        true
+    }
     fn load(
         &self,
         model_file: &Path,

@@ -33,6 +33,8 @@ pub struct Backends {
     pub onnxruntime: Option<Arc<dyn Backend>>,
     /// The pure-Rust fallback, when compiled in.
     pub tract: Option<Arc<dyn Backend>>,
+    /// Backends chosen only by `backend: "<name>"` (e.g. image_preprocess).
+    pub others: Vec<Arc<dyn Backend>>,
 }
 
 #[derive(Debug, Clone)]
@@ -364,7 +366,11 @@ impl ModelRepository {
         config::validate(&cfg, name).map_err(fail)?;
         cfg.name = name.to_string();
         let backend = self.pick_backend(&mut cfg).map_err(fail)?;
-        let versions = select_versions(dir, &cfg).map_err(fail)?;
+        let versions = match select_versions(dir, &cfg) {
+            // A backend without model files may leave out the version folder: it is version 1.
+            Err(e) if !backend.needs_model_file() && e.field == "versions" => vec![1],
+            other => other.map_err(fail)?,
+        };
 
         let model_file = if cfg.default_model_filename.is_empty() {
             "model.onnx".to_string()
@@ -395,7 +401,7 @@ impl ModelRepository {
         let mut signature: Option<Signature> = None;
         for &v in &versions {
             let path = dir.join(v.to_string()).join(&model_file);
-            if !path.is_file() {
+            if backend.needs_model_file() && !path.is_file() {
                 return Err(ServeError::invalid(format!(
                     "model '{name}': version {v} has no model file {}",
                     path.display()
@@ -499,14 +505,19 @@ impl ModelRepository {
                     "this build of infera has no tract backend (build with --features tract)",
                 )
             })?,
-            other => {
-                return Err(ConfigError::new(
-                    field,
-                    format!(
-                        "'{other}' is not supported: infera serves ONNX models (platform \"onnxruntime_onnx\", backend \"onnxruntime\" or \"tract\")"
-                    ),
-                ));
-            }
+            other => match self.backends.others.iter().find(|b| b.name() == other) {
+                Some(b) => b.clone(),
+                None => {
+                    let mut known = vec!["onnxruntime", "tract"];
+                    known.extend(self.backends.others.iter().map(|b| b.name()));
+                    return Err(ConfigError::new(
+                        field,
+                        format!(
+                            "'{other}' is not supported: infera serves ONNX models (platform \"onnxruntime_onnx\") and the backends {known:?}"
+                        ),
+                    ));
+                }
+            },
         };
         if cfg.platform.is_empty() && cfg.backend.is_empty() {
             cfg.platform = ONNX_PLATFORM.into();

@@ -428,17 +428,35 @@ fn worker(s: Arc<Shared>, mut session: Box<dyn Session>) {
 
 fn execute(s: &Shared, session: &mut dyn Session, batch: Vec<Pending>) {
     let start = Instant::now();
+    let result = run_guarded(s, session, &batch);
+    if let Err(e) = &result
+        && e.kind == ErrorKind::InvalidArgument
+        && batch.len() > 1
+    {
+        // One request's bad data must not fail the others it was batched with.
+        for p in batch {
+            execute(s, session, vec![p]);
+        }
+        return;
+    }
+    finish(s, batch, result, start);
+}
+
+fn run_guarded(s: &Shared, session: &mut dyn Session, batch: &[Pending]) -> ServeResult<BatchRun> {
     let sizes: Vec<usize> = batch.iter().map(|p| p.job.batch).collect();
-    let total: usize = sizes.iter().sum();
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        run_batch(session, &batch, &sizes, s.policy.max_batch_size > 0)
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        run_batch(session, batch, &sizes, s.policy.max_batch_size > 0)
     }))
     .unwrap_or_else(|_| {
         Err(ServeError::internal(format!(
             "the runtime failed while running model '{}'",
             s.model
         )))
-    });
+    })
+}
+
+fn finish(s: &Shared, batch: Vec<Pending>, result: ServeResult<BatchRun>, start: Instant) {
+    let total: usize = batch.iter().map(|p| p.job.batch).sum();
     match result {
         Ok((per_request, t_in, t_infer, t_out)) => {
             let timing = RequestTiming {
@@ -498,9 +516,10 @@ fn run_batch(
             .map_err(|e| ServeError::internal(format!("batching inputs: {e}")))?
     };
     let t1 = Instant::now();
-    let outputs = session
-        .run(&inputs)
-        .map_err(|e| ServeError::internal(e.to_string()))?;
+    let outputs = session.run(&inputs).map_err(|e| match e {
+        crate::backend::BackendError::Input(m) => ServeError::invalid(m),
+        other => ServeError::internal(other.to_string()),
+    })?;
     let t2 = Instant::now();
     let mut per_request: Vec<Vec<Tensor>> = (0..batch.len()).map(|_| Vec::new()).collect();
     for out in outputs {

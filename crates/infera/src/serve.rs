@@ -97,6 +97,8 @@ fn backends(args: &ServeArgs) -> Backends {
             "ONNX Runtime not found (no --onnxruntime-lib, ORT_DYLIB_PATH or `onnxruntime` wheel); falling back to tract where built in"
         ),
     }
+    b.others
+        .push(Arc::new(infera_backend_image::ImageBackend) as Arc<dyn Backend>);
     #[cfg(feature = "tract")]
     {
         b.tract = Some(Arc::new(infera_backend_tract::TractBackend) as Arc<dyn Backend>);

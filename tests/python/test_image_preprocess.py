@@ -1,0 +1,84 @@
+"""Native image preprocessing as a model (backend "image_preprocess"), over tritonclient BYTES inputs."""
+import struct
+import threading
+import zlib
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+
+def png_gray(pixels):
+    """A minimal 8-bit grayscale PNG encoder, so the test needs no imaging library."""
+    h, w = pixels.shape
+    raw = b"".join(b"\0" + pixels[y].astype(np.uint8).tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def images_input(mod, blobs):
+    arr = np.array([[b] for b in blobs], dtype=np.object_)
+    inp = mod.InferInput("IMAGE", [len(blobs), 1], "BYTES")
+    inp.set_data_from_numpy(arr)
+    return inp
+
+
+@pytest.mark.parametrize("mod,attr", [(httpclient, "http"), (grpcclient, "grpc")])
+def test_png_bytes_become_the_exact_pixels(server, mod, attr):
+    c = mod.InferenceServerClient(getattr(server, attr))
+    rng = np.random.default_rng(0)
+    pics = [rng.integers(0, 256, size=(28, 28)) for _ in range(3)]
+    r = c.infer("fashion_preprocess", [images_input(mod, [png_gray(p) for p in pics])])
+    got = r.as_numpy("PIXELS")
+    assert got.shape == (3, 1, 28, 28) and got.dtype == np.float32
+    np.testing.assert_array_equal(got[:, 0], np.stack(pics).astype(np.float32))
+
+
+def test_larger_images_are_fitted_to_28x28(server):
+    c = httpclient.InferenceServerClient(server.http)
+    pic = np.full((40, 80), 255)
+    got = c.infer("fashion_preprocess", [images_input(httpclient, [png_gray(pic)])]).as_numpy("PIXELS")
+    assert got.shape == (1, 1, 28, 28)
+    assert got[0, 0, 0, 0] == 0 and got[0, 0, 14, 14] == 255  # letterboxed: padding above, image in the middle
+
+
+@pytest.mark.parametrize("blob,needle", [
+    (b"", "empty image"),
+    (b"definitely not an image", "supported format"),
+    (png_gray(np.zeros((28, 28)))[:60], "decode"),
+])
+def test_bad_images_are_400_and_the_server_stays_up(server, blob, needle):
+    c = httpclient.InferenceServerClient(server.http)
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("fashion_preprocess", [images_input(httpclient, [blob])])
+    assert e.value.status() == "400" and needle in e.value.message(), e.value.message()
+    assert c.is_server_ready()
+
+
+def test_a_bad_image_does_not_fail_requests_batched_with_it(server):
+    good = png_gray(np.full((28, 28), 7))
+    results = {}
+
+    def send(k, blob):
+        c = httpclient.InferenceServerClient(server.http)
+        try:
+            results[k] = c.infer("fashion_preprocess", [images_input(httpclient, [blob])]).as_numpy("PIXELS")
+        except InferenceServerException as e:
+            results[k] = e
+
+    threads = [threading.Thread(target=send, args=(k, b"junk" if k % 4 == 0 else good)) for k in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, r in results.items():
+        if k % 4 == 0:
+            assert isinstance(r, InferenceServerException) and r.status() == "400"
+        else:
+            assert isinstance(r, np.ndarray) and r[0, 0, 0, 0] == 7, r
