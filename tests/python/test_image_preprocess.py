@@ -62,23 +62,63 @@ def test_bad_images_are_400_and_the_server_stays_up(server, blob, needle):
 
 
 def test_a_bad_image_does_not_fail_requests_batched_with_it(server):
+    import http.client
+    import json
     good = png_gray(np.full((28, 28), 7))
     results = {}
 
     def send(k, blob):
-        c = httpclient.InferenceServerClient(server.http)
-        try:
-            results[k] = c.infer("fashion_preprocess", [images_input(httpclient, [blob])]).as_numpy("PIXELS")
-        except InferenceServerException as e:
-            results[k] = e
+        data = struct.pack("<I", len(blob)) + blob
+        head = json.dumps({"inputs": [{"name": "IMAGE", "shape": [1, 1], "datatype": "BYTES",
+                                       "parameters": {"binary_data_size": len(data)}}]}).encode()
+        conn = http.client.HTTPConnection(server.http, timeout=30)
+        conn.request("POST", "/v2/models/fashion_preprocess/infer", head + data,
+                     {"Inference-Header-Content-Length": str(len(head))})
+        r = conn.getresponse()
+        results[k] = (r.status, r.read())
+        conn.close()
 
     threads = [threading.Thread(target=send, args=(k, b"junk" if k % 4 == 0 else good)) for k in range(32)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    for k, r in results.items():
+    for k, (status, body) in results.items():
         if k % 4 == 0:
-            assert isinstance(r, InferenceServerException) and r.status() == "400"
+            assert status == 400 and b"supported format" in body, body
         else:
-            assert isinstance(r, np.ndarray) and r[0, 0, 0, 0] == 7, r
+            assert status == 200, body
+            assert json.loads(body)["outputs"][0]["data"][0] == 7
+
+
+@pytest.mark.parametrize("mod,attr", [(httpclient, "http"), (grpcclient, "grpc")])
+def test_ensemble_image_to_class_scores(server, mod, attr):
+    import reference
+    c = mod.InferenceServerClient(getattr(server, attr))
+    x = reference.fashion_batch(4, seed=21)
+    blobs = [png_gray(img[0]) for img in x]
+    r = c.infer("fashion_mnist_image", [images_input(mod, blobs)])
+    want = reference.run("fashion_mnist", {"input": x})["logits"]
+    np.testing.assert_allclose(r.as_numpy("CLASS_SCORES"), want, atol=1e-5)
+    top = c.infer("fashion_mnist_image", [images_input(mod, blobs)],
+                  outputs=[mod.InferRequestedOutput("CLASS_SCORES", class_count=2)]).as_numpy("CLASS_SCORES")
+    labels = (reference.FIXTURES / "fashion_mnist" / "labels.txt").read_text().splitlines()
+    for row, w in zip(top, want):
+        score, idx, label = row[0].decode().split(":", 2)
+        assert int(idx) == int(np.argmax(w)) and label == labels[int(idx)]
+
+
+def test_ensemble_metadata_config_and_step_statistics(server):
+    c = httpclient.InferenceServerClient(server.http)
+    meta = c.get_model_metadata("fashion_mnist_image")
+    assert meta["platform"] == "ensemble"
+    assert meta["inputs"] == [{"name": "IMAGE", "datatype": "BYTES", "shape": [-1, 1]}]
+    cfg = c.get_model_config("fashion_mnist_image")
+    assert [s["model_name"] for s in cfg["ensemble_scheduling"]["step"]] == ["fashion_preprocess", "fashion_mnist"]
+    before = c.get_inference_statistics("fashion_preprocess")["model_stats"][0]["inference_count"]
+    c.infer("fashion_mnist_image", [images_input(httpclient, [png_gray(np.zeros((28, 28)))])])
+    assert c.get_inference_statistics("fashion_preprocess")["model_stats"][0]["inference_count"] == before + 1
+    assert c.get_inference_statistics("fashion_mnist_image")["model_stats"][0]["inference_stats"]["success"]["count"] >= 1
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("fashion_mnist_image", [images_input(httpclient, [b"junk"])])
+    assert e.value.status() == "400" and "step 'fashion_preprocess'" in e.value.message()

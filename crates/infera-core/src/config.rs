@@ -120,6 +120,8 @@ pub fn to_json(cfg: &ModelConfig) -> serde_json::Value {
 
 /// Platform strings that select the ONNX runtimes.
 pub const ONNX_PLATFORM: &str = "onnxruntime_onnx";
+/// Triton's platform string for pipelines of other models.
+pub const ENSEMBLE_PLATFORM: &str = "ensemble";
 
 /// Checks what can be checked without the model file. `dir_name` is the repository folder.
 pub fn validate(cfg: &ModelConfig, dir_name: &str) -> Result<(), ConfigError> {

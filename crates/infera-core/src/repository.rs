@@ -18,7 +18,7 @@ use parking_lot::RwLock;
 use tracing::{info, warn};
 
 use crate::backend::{Backend, LoadOptions, Session, Signature};
-use crate::config::{self, ConfigError, ONNX_PLATFORM};
+use crate::config::{self, ConfigError, ENSEMBLE_PLATFORM, ONNX_PLATFORM};
 use crate::datatype::DataType;
 use crate::error::{ServeError, ServeResult};
 use crate::metrics::{Metrics, VersionMetrics};
@@ -103,6 +103,20 @@ pub struct Model {
     /// Inputs the model file declares, for putting request tensors in model order.
     pub model_input_count: usize,
     pub versions: BTreeMap<i64, Arc<ModelVersion>>,
+    /// Set for `platform: "ensemble"`: the steps the server runs natively, in dataflow order.
+    pub ensemble: Option<Vec<EnsembleStep>>,
+}
+
+/// One step of an ensemble: a composing model and how its tensors map to the ensemble's.
+#[derive(Debug, Clone)]
+pub struct EnsembleStep {
+    pub model_name: String,
+    /// `None` = the newest version (Triton's -1).
+    pub model_version: Option<i64>,
+    /// (step model's input name, ensemble tensor name)
+    pub inputs: Vec<(String, String)>,
+    /// (step model's output name, ensemble tensor name)
+    pub outputs: Vec<(String, String)>,
 }
 
 impl Model {
@@ -365,6 +379,9 @@ impl ModelRepository {
         };
         config::validate(&cfg, name).map_err(fail)?;
         cfg.name = name.to_string();
+        if cfg.platform == ENSEMBLE_PLATFORM {
+            return self.build_ensemble(name, cfg, dir).map_err(fail);
+        }
         let backend = self.pick_backend(&mut cfg).map_err(fail)?;
         let versions = match select_versions(dir, &cfg) {
             // A backend without model files may leave out the version folder: it is version 1.
@@ -467,6 +484,173 @@ impl ModelRepository {
             outputs,
             model_input_count: signature.inputs.len(),
             versions: version_map,
+            ensemble: None,
+        })
+    }
+
+    /// An ensemble has no runtime of its own: its inputs and outputs come from the config and
+    /// its steps run on the composing models' schedulers (checked when it runs, since the
+    /// composing models may load after it).
+    fn build_ensemble(
+        &self,
+        name: &str,
+        mut cfg: ModelConfig,
+        dir: &Path,
+    ) -> Result<Model, ConfigError> {
+        let Some(SchedulingChoice::EnsembleScheduling(sched)) = &cfg.scheduling_choice else {
+            return Err(ConfigError::new(
+                "ensemble_scheduling",
+                "an ensemble needs ensemble_scheduling { step [ ... ] }",
+            ));
+        };
+        if sched.step.is_empty() {
+            return Err(ConfigError::new(
+                "ensemble_scheduling.step",
+                "lists no steps",
+            ));
+        }
+        let mut available: Vec<&str> = cfg.input.iter().map(|i| i.name.as_str()).collect();
+        let mut pending: Vec<usize> = (0..sched.step.len()).collect();
+        let mut order = Vec::new();
+        // Order the steps so each runs after the steps producing its inputs.
+        while !pending.is_empty() {
+            let ready = pending.iter().position(|&i| {
+                sched.step[i]
+                    .input_map
+                    .values()
+                    .all(|t| available.contains(&t.as_str()))
+            });
+            let Some(pos) = ready else {
+                let i = pending[0];
+                let missing: Vec<&String> = sched.step[i]
+                    .input_map
+                    .values()
+                    .filter(|t| !available.contains(&t.as_str()))
+                    .collect();
+                return Err(ConfigError::new(
+                    format!("ensemble_scheduling.step[{i}].input_map"),
+                    format!("no ensemble input or step output provides {missing:?}"),
+                ));
+            };
+            let i = pending.remove(pos);
+            available.extend(sched.step[i].output_map.values().map(String::as_str));
+            order.push(i);
+        }
+        let mut steps = Vec::new();
+        for i in order {
+            let st = &sched.step[i];
+            if st.model_name.is_empty() || st.model_name == name {
+                return Err(ConfigError::new(
+                    format!("ensemble_scheduling.step[{i}].model_name"),
+                    "must name another model",
+                ));
+            }
+            steps.push(EnsembleStep {
+                model_name: st.model_name.clone(),
+                model_version: (st.model_version > 0).then_some(st.model_version),
+                inputs: st
+                    .input_map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                outputs: st
+                    .output_map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            });
+        }
+        if let Some(o) = cfg
+            .output
+            .iter()
+            .find(|o| !available.contains(&o.name.as_str()))
+        {
+            return Err(ConfigError::new(
+                "output",
+                format!("no step produces ensemble output '{}'", o.name),
+            ));
+        }
+        let io = |kind: &str,
+                  i: usize,
+                  n: &str,
+                  dt: i32,
+                  dims: &[i64],
+                  labels: &str|
+         -> Result<IoDesc, ConfigError> {
+            let dtype = infera_proto::inference::DataType::try_from(dt)
+                .ok()
+                .and_then(DataType::from_config)
+                .ok_or_else(|| {
+                    ConfigError::new(format!("{kind}[{i}].data_type"), "unknown data type")
+                })?;
+            let labels = if labels.is_empty() {
+                None
+            } else {
+                let text = std::fs::read_to_string(dir.join(labels)).map_err(|e| {
+                    ConfigError::new(
+                        format!("{kind}[{i}].label_filename"),
+                        format!("cannot read '{labels}': {e}"),
+                    )
+                })?;
+                Some(Arc::new(text.lines().map(str::to_string).collect()))
+            };
+            Ok(IoDesc {
+                name: n.to_string(),
+                dtype,
+                dims: dims.to_vec(),
+                reshape: None,
+                index: i,
+                labels,
+            })
+        };
+        let inputs = cfg
+            .input
+            .iter()
+            .enumerate()
+            .map(|(i, c)| io("input", i, &c.name, c.data_type, &c.dims, ""))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = cfg
+            .output
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                io(
+                    "output",
+                    i,
+                    &c.name,
+                    c.data_type,
+                    &c.dims,
+                    &c.label_filename,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        cfg.backend.clear();
+        let stats = Arc::new(ModelStats::default());
+        let metrics = self.metrics.for_version(name, 1);
+        let policy = BatchPolicy {
+            max_batch_size: cfg.max_batch_size.max(0) as usize,
+            dynamic: None,
+            max_queue: 1,
+        };
+        // No sessions: the ensemble's own scheduler is never given work.
+        let scheduler = Scheduler::new(name, Vec::new(), policy, stats.clone(), metrics.clone())
+            .map_err(|e| ConfigError::new("ensemble", e.to_string()))?;
+        let version = Arc::new(ModelVersion {
+            version: 1,
+            scheduler,
+            stats,
+            metrics,
+        });
+        Ok(Model {
+            name: name.to_string(),
+            config_json: config::to_json(&cfg),
+            model_input_count: inputs.len(),
+            config: cfg,
+            backend: "ensemble",
+            inputs,
+            outputs,
+            versions: BTreeMap::from([(1, version)]),
+            ensemble: Some(steps),
         })
     }
 

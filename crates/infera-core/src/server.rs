@@ -145,10 +145,15 @@ impl InferenceServer {
     ) -> ServeResult<InferResponse> {
         let requested = resolve_outputs(model, &req)?;
         let (job, batch) = prepare(model, req.inputs, req.priority, req.timeout)?;
-        let rx = version.scheduler.submit(job)?;
-        let out = rx
-            .await
-            .map_err(|_| ServeError::internal("the model worker stopped before answering"))??;
+        let out = match &model.ensemble {
+            Some(steps) => self.run_ensemble(model, steps, job, &req.id).await?,
+            None => {
+                let rx = version.scheduler.submit(job)?;
+                rx.await.map_err(|_| {
+                    ServeError::internal("the model worker stopped before answering")
+                })??
+            }
+        };
         let mut outputs = Vec::with_capacity(requested.len());
         for (io, classification) in requested {
             let t = out.outputs.get(io.index).ok_or_else(|| {
@@ -174,6 +179,83 @@ impl InferenceServer {
             model_version: version.version.to_string(),
             id: req.id,
             outputs,
+        })
+    }
+}
+
+impl InferenceServer {
+    /// Runs an ensemble's steps in dataflow order; intermediate tensors never leave the server,
+    /// and each step goes through its own model's scheduler (batching, statistics).
+    async fn run_ensemble(
+        &self,
+        model: &Model,
+        steps: &[crate::repository::EnsembleStep],
+        job: crate::scheduler::Job,
+        id: &str,
+    ) -> ServeResult<crate::scheduler::JobOutput> {
+        let mut tensors: std::collections::HashMap<String, Tensor> = model
+            .inputs
+            .iter()
+            .map(|io| io.name.clone())
+            .zip(job.inputs)
+            .collect();
+        for step in steps {
+            let inputs = step
+                .inputs
+                .iter()
+                .map(|(step_name, ens_name)| {
+                    tensors
+                        .get(ens_name)
+                        .map(|t| crate::request::InputTensor {
+                            name: step_name.clone(),
+                            tensor: t.clone(),
+                        })
+                        .ok_or_else(|| {
+                            ServeError::internal(format!("ensemble tensor '{ens_name}' missing"))
+                        })
+                })
+                .collect::<ServeResult<Vec<_>>>()?;
+            let request = InferRequest {
+                model: step.model_name.clone(),
+                version: step.model_version,
+                id: id.to_string(),
+                inputs,
+                outputs: step
+                    .outputs
+                    .iter()
+                    .map(|(n, _)| crate::request::RequestedOutput {
+                        name: n.clone(),
+                        classification: None,
+                    })
+                    .collect(),
+                priority: job.priority,
+                timeout: job.timeout,
+            };
+            let response = Box::pin(self.infer(request)).await.map_err(|e| {
+                let message = format!(
+                    "ensemble '{}' step '{}': {}",
+                    model.name, step.model_name, e.message
+                );
+                ServeError::new(e.kind, message)
+            })?;
+            for out in response.outputs {
+                if let Some((_, ens_name)) = step.outputs.iter().find(|(n, _)| *n == out.name) {
+                    tensors.insert(ens_name.clone(), out.tensor);
+                }
+            }
+        }
+        let outputs = model
+            .outputs
+            .iter()
+            .map(|io| {
+                tensors.remove(&io.name).ok_or_else(|| {
+                    ServeError::internal(format!("ensemble output '{}' was not produced", io.name))
+                })
+            })
+            .collect::<ServeResult<Vec<_>>>()?;
+        Ok(crate::scheduler::JobOutput {
+            outputs,
+            timing: Default::default(),
         })
     }
 }
