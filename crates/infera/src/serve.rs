@@ -57,6 +57,15 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERA_DEFAULT_MAX_BATCH_SIZE", default_value_t = 4)]
     default_max_batch_size: i32,
 
+    /// Model used by /predict and /predict/batch when the request names none (`?model=NAME`).
+    /// It must take one image (BYTES) input, like the fashion_mnist_image ensemble.
+    #[arg(
+        long,
+        env = "INFERA_DEFAULT_MODEL",
+        default_value = "fashion_mnist_image"
+    )]
+    default_model: String,
+
     /// Worker threads for the network front-ends (model execution has its own threads).
     #[arg(long, env = "INFERA_IO_THREADS", default_value_t = 2)]
     io_threads: usize,
@@ -230,7 +239,12 @@ async fn serve(
     if args.http_port != 0 {
         let a = addr(args.http_port)?;
         let listener = bind(a, "HTTP", "--http-port").await?;
-        let app = infera_http::router(server.clone(), args.max_body_size);
+        let app =
+            infera_http::router(server.clone(), args.max_body_size).merge(infera_app::router(
+                server.clone(),
+                args.default_model.clone(),
+                args.max_body_size,
+            ));
         spawn_axum(
             &mut tasks,
             listener,

@@ -1,0 +1,444 @@
+//! The app API: upload a photo, get a label. It translates to a core inference request on an
+//! image model (one BYTES input, e.g. the `fashion_mnist_image` ensemble) and back.
+//!
+//! * `POST /predict[?model=NAME]`: multipart upload, raw image body, or JSON `{"image": "<base64>"}`
+//!   → `{predicted_class, predicted_label, confidence, probabilities: {label: p}, model, latency_ms}`
+//! * `POST /predict/batch`: several files in one multipart form → `{"predictions": [...]}`
+//! * `GET /health`, `GET /stats`: status, and requests / latency percentiles / predictions per class
+//! * TorchServe's `POST /predictions/{model}[/{version}]` (top-5 `{label: p}`) and `GET /ping`
+
+mod stats;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Multipart, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use bytes::Bytes;
+use infera_core::request::{InferRequest, InputTensor, RequestedOutput};
+use infera_core::{DataType, ErrorKind, InferenceServer, ServeError, Tensor};
+use serde_json::{Map, Value, json};
+
+pub use stats::AppStats;
+
+#[derive(Clone)]
+struct App {
+    max_body: usize,
+    server: Arc<InferenceServer>,
+    default_model: Arc<String>,
+    stats: Arc<AppStats>,
+}
+
+/// The app routes; `default_model` serves requests that name no model.
+pub fn router(
+    server: Arc<InferenceServer>,
+    default_model: String,
+    max_body_bytes: usize,
+) -> Router {
+    let app = App {
+        max_body: max_body_bytes,
+        server,
+        default_model: Arc::new(default_model),
+        stats: Arc::new(AppStats::default()),
+    };
+    Router::new()
+        .route("/predict", post(predict))
+        .route("/predict/batch", post(predict_batch))
+        .route("/health", get(health))
+        .route("/stats", get(stats_handler))
+        .route("/ping", get(ping))
+        .route("/predictions/{model}", post(torchserve))
+        .route("/predictions/{model}/{version}", post(torchserve_v))
+        .with_state(app)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+}
+
+fn error(e: ServeError) -> Response {
+    let status = match e.kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorKind::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, axum::Json(json!({ "error": e.message }))).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ModelQuery {
+    model: Option<String>,
+}
+
+/// One prediction: class probabilities with labels.
+struct Prediction {
+    probabilities: Vec<f32>,
+    labels: Vec<String>,
+}
+
+impl Prediction {
+    fn best(&self) -> (usize, f32) {
+        self.probabilities
+            .iter()
+            .copied()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, p)| if p > b.1 { (i, p) } else { b })
+    }
+
+    fn to_json(&self, model: &str, latency_ms: f64) -> Value {
+        let (idx, conf) = self.best();
+        let mut probs = Map::new();
+        for (l, p) in self.labels.iter().zip(&self.probabilities) {
+            probs.insert(l.clone(), json!(p));
+        }
+        json!({
+            "predicted_class": idx,
+            "predicted_label": self.labels.get(idx),
+            "confidence": conf,
+            "probabilities": probs,
+            "model": model,
+            "latency_ms": latency_ms,
+        })
+    }
+}
+
+fn softmax_if_needed(v: &mut [f32]) {
+    let sum: f32 = v.iter().sum();
+    let is_probs = v.iter().all(|&x| (0.0..=1.0).contains(&x)) && (sum - 1.0).abs() < 1e-3;
+    if !is_probs {
+        let max = v.iter().copied().fold(f32::MIN, f32::max);
+        let exp: Vec<f32> = v.iter().map(|&x| (x - max).exp()).collect();
+        let total: f32 = exp.iter().sum();
+        for (o, e) in v.iter_mut().zip(exp) {
+            *o = e / total;
+        }
+    }
+}
+
+/// Runs one image through an image model and reads its first output as class scores.
+async fn classify(
+    app: &App,
+    model: &str,
+    version: Option<i64>,
+    image: Bytes,
+) -> Result<Prediction, ServeError> {
+    if image.is_empty() {
+        return Err(ServeError::invalid(
+            "the image is empty: send the file's bytes",
+        ));
+    }
+    let m = app.server.model(model)?;
+    let [input] = m.inputs.as_slice() else {
+        return Err(ServeError::invalid(format!(
+            "model '{model}' takes {} inputs; /predict needs a model with one image (BYTES) input",
+            m.inputs.len()
+        )));
+    };
+    if input.dtype != DataType::Bytes {
+        return Err(ServeError::invalid(format!(
+            "model '{model}' takes {} tensors, not images; use an image pipeline such as an ensemble with image_preprocess",
+            input.dtype
+        )));
+    }
+    let output = m
+        .outputs
+        .first()
+        .ok_or_else(|| ServeError::internal(format!("model '{model}' has no outputs")))?;
+    let shape = if m.max_batch_size() > 0 {
+        vec![1, 1]
+    } else {
+        vec![1]
+    };
+    let tensor = Tensor::from_strings(shape, vec![image])
+        .map_err(|e| ServeError::internal(e.to_string()))?;
+    let response = app
+        .server
+        .infer(InferRequest {
+            model: model.to_string(),
+            version,
+            id: String::new(),
+            inputs: vec![InputTensor {
+                name: input.name.clone(),
+                tensor,
+            }],
+            outputs: vec![RequestedOutput {
+                name: output.name.clone(),
+                classification: None,
+            }],
+            priority: 0,
+            timeout: None,
+        })
+        .await?;
+    let scores = response
+        .outputs
+        .first()
+        .and_then(|o| o.tensor.to_vec::<f32>())
+        .ok_or_else(|| {
+            ServeError::invalid(format!("model '{model}' does not return FP32 class scores"))
+        })?;
+    let mut probabilities = scores;
+    softmax_if_needed(&mut probabilities);
+    let labels = match &output.labels {
+        Some(l) => (0..probabilities.len())
+            .map(|i| l.get(i).cloned().unwrap_or_else(|| i.to_string()))
+            .collect(),
+        None => (0..probabilities.len()).map(|i| i.to_string()).collect(),
+    };
+    Ok(Prediction {
+        probabilities,
+        labels,
+    })
+}
+
+/// The image from a multipart form (first file field), a JSON body with base64, or the raw body.
+async fn read_images(
+    req: Request,
+    many: bool,
+    max_body: usize,
+) -> Result<Vec<(String, Bytes)>, ServeError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("multipart/form-data") {
+        let mut form = <Multipart as axum::extract::FromRequest<()>>::from_request(req, &())
+            .await
+            .map_err(|e| ServeError::invalid(format!("bad multipart form: {e}")))?;
+        let mut out = Vec::new();
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|e| ServeError::invalid(format!("bad multipart form: {e}")))?
+        {
+            let name = field
+                .file_name()
+                .or(field.name())
+                .unwrap_or("file")
+                .to_string();
+            let data = field
+                .bytes()
+                .await
+                .map_err(|e| ServeError::invalid(format!("cannot read upload '{name}': {e}")))?;
+            out.push((name, data));
+            if !many {
+                break;
+            }
+        }
+        if out.is_empty() {
+            return Err(ServeError::invalid(
+                "the form has no file: send the image as a file field",
+            ));
+        }
+        return Ok(out);
+    }
+    let body = axum::body::to_bytes(req.into_body(), max_body)
+        .await
+        .map_err(|e| {
+            if e.to_string().contains("length limit") {
+                ServeError::new(
+                    ErrorKind::TooLarge,
+                    "request body is larger than the server's limit (--max-body-size)",
+                )
+            } else {
+                ServeError::invalid(format!("cannot read the request body: {e}"))
+            }
+        })?;
+    if content_type.starts_with("application/json") {
+        let v: Value = serde_json::from_slice(&body).map_err(|e| {
+            ServeError::invalid(format!("bad JSON: {e}; send {{\"image\": \"<base64>\"}}"))
+        })?;
+        let b64 = v
+            .get("image")
+            .or_else(|| v.get("b64"))
+            .or_else(|| v.get("data"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ServeError::invalid("JSON body needs \"image\": \"<base64 of the file>\"")
+            })?;
+        let b64 = b64.split_once("base64,").map_or(b64, |(_, d)| d);
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| ServeError::invalid(format!("\"image\" is not valid base64: {e}")))?;
+        return Ok(vec![("image".into(), Bytes::from(data))]);
+    }
+    Ok(vec![("body".into(), body)])
+}
+
+async fn predict(State(app): State<App>, Query(q): Query<ModelQuery>, req: Request) -> Response {
+    let start = Instant::now();
+    let model = q.model.unwrap_or_else(|| app.default_model.to_string());
+    let result = async {
+        let (_, image) = read_images(req, false, app.max_body)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ServeError::invalid("no image in the request"))?;
+        classify(&app, &model, None, image).await
+    }
+    .await;
+    let elapsed = start.elapsed();
+    match result {
+        Ok(p) => {
+            let (idx, _) = p.best();
+            app.stats
+                .record(elapsed, p.labels.get(idx).map(String::as_str));
+            axum::Json(p.to_json(&model, elapsed.as_secs_f64() * 1e3)).into_response()
+        }
+        Err(e) => {
+            app.stats.record_error();
+            error(e)
+        }
+    }
+}
+
+async fn predict_batch(
+    State(app): State<App>,
+    Query(q): Query<ModelQuery>,
+    req: Request,
+) -> Response {
+    let model = q.model.unwrap_or_else(|| app.default_model.to_string());
+    let images = match read_images(req, true, app.max_body).await {
+        Ok(i) => i,
+        Err(e) => return error(e),
+    };
+    let jobs = images.into_iter().map(|(name, image)| {
+        let app = app.clone();
+        let model = model.clone();
+        async move {
+            let start = Instant::now();
+            let r = classify(&app, &model, None, image).await;
+            let elapsed = start.elapsed();
+            match r {
+                Ok(p) => {
+                    let (idx, _) = p.best();
+                    app.stats
+                        .record(elapsed, p.labels.get(idx).map(String::as_str));
+                    let mut v = p.to_json(&model, elapsed.as_secs_f64() * 1e3);
+                    v["filename"] = json!(name);
+                    v
+                }
+                Err(e) => {
+                    app.stats.record_error();
+                    json!({ "filename": name, "error": e.message })
+                }
+            }
+        }
+    });
+    let predictions = futures_join_all(jobs).await;
+    axum::Json(json!({ "predictions": predictions })).into_response()
+}
+
+/// Runs the jobs concurrently (so they can batch together) and keeps their order.
+async fn futures_join_all<F>(jobs: impl Iterator<Item = F>) -> Vec<Value>
+where
+    F: std::future::Future<Output = Value> + Send + 'static,
+{
+    let handles: Vec<_> = jobs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(
+            h.await
+                .unwrap_or_else(|e| json!({ "error": format!("prediction task failed: {e}") })),
+        );
+    }
+    out
+}
+
+async fn health(State(app): State<App>) -> Response {
+    let models: Vec<Value> = app
+        .server
+        .repository
+        .index(false)
+        .into_iter()
+        .map(
+            |e| json!({"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}),
+        )
+        .collect();
+    let ready = app.server.ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({
+            "status": if ready { "ok" } else { "draining" },
+            "default_model": app.default_model.as_str(),
+            "models": models,
+        })),
+    )
+        .into_response()
+}
+
+async fn stats_handler(State(app): State<App>) -> Response {
+    axum::Json(app.stats.to_json()).into_response()
+}
+
+async fn ping(State(app): State<App>) -> Response {
+    if app.server.ready() {
+        axum::Json(json!({"status": "Healthy"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "Unhealthy"})),
+        )
+            .into_response()
+    }
+}
+
+async fn torchserve_inner(app: App, model: String, version: Option<i64>, req: Request) -> Response {
+    let start = Instant::now();
+    let result = async {
+        let (_, image) = read_images(req, false, app.max_body)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ServeError::invalid("no image in the request"))?;
+        classify(&app, &model, version, image).await
+    }
+    .await;
+    match result {
+        Ok(p) => {
+            let (idx, _) = p.best();
+            app.stats
+                .record(start.elapsed(), p.labels.get(idx).map(String::as_str));
+            // TorchServe's image classifier handler answers the top 5 as {label: probability}.
+            let mut order: Vec<usize> = (0..p.probabilities.len()).collect();
+            order.sort_by(|&a, &b| p.probabilities[b].total_cmp(&p.probabilities[a]));
+            let mut top = Map::new();
+            for i in order.into_iter().take(5) {
+                top.insert(p.labels[i].clone(), json!(p.probabilities[i]));
+            }
+            axum::Json(Value::Object(top)).into_response()
+        }
+        Err(e) => {
+            app.stats.record_error();
+            error(e)
+        }
+    }
+}
+
+async fn torchserve(State(app): State<App>, Path(model): Path<String>, req: Request) -> Response {
+    torchserve_inner(app, model, None, req).await
+}
+
+async fn torchserve_v(
+    State(app): State<App>,
+    Path((model, v)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    match v.parse::<i64>() {
+        Ok(v) => torchserve_inner(app, model, Some(v), req).await,
+        Err(_) => error(ServeError::invalid(format!(
+            "version '{v}' is not a number"
+        ))),
+    }
+}
