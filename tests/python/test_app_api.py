@@ -101,7 +101,7 @@ def test_health_stats_and_torchserve(server, sample):
     assert st == 200 and len(top) == 5
     assert list(top)[0] == LABELS[int(np.argmax(logits[0]))]
     assert list(top.values()) == sorted(top.values(), reverse=True)
-    st, top1 = call(server, "POST", "/predictions/fashion_mnist_image/1", pngs[0])
+    st, top1 = call(server, "PUT", "/predictions/fashion_mnist_image/1", pngs[0])  # curl -T sends PUT
     assert st == 200 and top1 == top
     st, s = call(server, "GET", "/stats")
     assert st == 200 and s["requests"] >= 3 and s["errors"] >= 1

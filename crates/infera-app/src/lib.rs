@@ -46,13 +46,16 @@ pub fn router(
         stats: Arc::new(AppStats::default()),
     };
     Router::new()
-        .route("/predict", post(predict))
+        .route("/predict", post(predict).put(predict))
         .route("/predict/batch", post(predict_batch))
         .route("/health", get(health))
         .route("/stats", get(stats_handler))
         .route("/ping", get(ping))
-        .route("/predictions/{model}", post(torchserve))
-        .route("/predictions/{model}/{version}", post(torchserve_v))
+        .route("/predictions/{model}", post(torchserve).put(torchserve))
+        .route(
+            "/predictions/{model}/{version}",
+            post(torchserve_v).put(torchserve_v),
+        )
         .with_state(app)
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
 }
