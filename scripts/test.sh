@@ -4,12 +4,12 @@
 # Installs what it needs: Debian's libb64-0d (perf_analyzer) and a virtualenv with pinned packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! ldconfig -p | grep -q libb64.so.0d; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null
-  fi
+# Debian packages: libb64 for perf_analyzer, the Fashion-MNIST test set for the accuracy checks.
+if ! ldconfig -p | grep -q libb64.so.0d || [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libb64-0d dataset-fashion-mnist >/dev/null
 fi
 source scripts/python-env.sh test
 cuda_lib=$(python -c 'import nvidia.cuda_runtime as m; print(list(m.__path__)[0] + "/lib")')
