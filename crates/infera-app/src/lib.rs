@@ -274,30 +274,38 @@ async fn read_images(
     Ok(vec![("body".into(), body)])
 }
 
-async fn predict(State(app): State<App>, Query(q): Query<ModelQuery>, req: Request) -> Response {
+/// Reads one image from the request, classifies it, and counts it in /stats.
+async fn predict_one(
+    app: &App,
+    model: &str,
+    version: Option<i64>,
+    req: Request,
+) -> Result<(Prediction, f64), ServeError> {
     let start = Instant::now();
-    let model = q.model.unwrap_or_else(|| app.default_model.to_string());
     let result = async {
         let (_, image) = read_images(req, false, app.max_body)
             .await?
             .into_iter()
             .next()
             .ok_or_else(|| ServeError::invalid("no image in the request"))?;
-        classify(&app, &model, None, image).await
+        classify(app, model, version, image).await
     }
     .await;
     let elapsed = start.elapsed();
-    match result {
-        Ok(p) => {
-            let (idx, _) = p.best();
-            app.stats
-                .record(elapsed, p.labels.get(idx).map(String::as_str));
-            axum::Json(p.to_json(&model, elapsed.as_secs_f64() * 1e3)).into_response()
-        }
-        Err(e) => {
-            app.stats.record_error();
-            error(e)
-        }
+    match &result {
+        Ok(p) => app
+            .stats
+            .record(elapsed, p.labels.get(p.best().0).map(String::as_str)),
+        Err(_) => app.stats.record_error(),
+    }
+    result.map(|p| (p, elapsed.as_secs_f64() * 1e3))
+}
+
+async fn predict(State(app): State<App>, Query(q): Query<ModelQuery>, req: Request) -> Response {
+    let model = q.model.unwrap_or_else(|| app.default_model.to_string());
+    match predict_one(&app, &model, None, req).await {
+        Ok((p, ms)) => axum::Json(p.to_json(&model, ms)).into_response(),
+        Err(e) => error(e),
     }
 }
 
@@ -398,21 +406,8 @@ async fn ping(State(app): State<App>) -> Response {
 }
 
 async fn torchserve_inner(app: App, model: String, version: Option<i64>, req: Request) -> Response {
-    let start = Instant::now();
-    let result = async {
-        let (_, image) = read_images(req, false, app.max_body)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| ServeError::invalid("no image in the request"))?;
-        classify(&app, &model, version, image).await
-    }
-    .await;
-    match result {
-        Ok(p) => {
-            let (idx, _) = p.best();
-            app.stats
-                .record(start.elapsed(), p.labels.get(idx).map(String::as_str));
+    match predict_one(&app, &model, version, req).await {
+        Ok((p, _)) => {
             // TorchServe's image classifier handler answers the top 5 as {label: probability}.
             let mut order: Vec<usize> = (0..p.probabilities.len()).collect();
             order.sort_by(|&a, &b| p.probabilities[b].total_cmp(&p.probabilities[a]));
@@ -422,10 +417,7 @@ async fn torchserve_inner(app: App, model: String, version: Option<i64>, req: Re
             }
             axum::Json(Value::Object(top)).into_response()
         }
-        Err(e) => {
-            app.stats.record_error();
-            error(e)
-        }
+        Err(e) => error(e),
     }
 }
 
