@@ -21,8 +21,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+class PortTaken(Exception):
+    pass
+
+
 class Server:
     def __init__(self, repo, *extra, env=None):
+        # A port picked free can be taken by another process before infera binds it: retry.
+        for attempt in range(3):
+            try:
+                return self._start(repo, *extra, env=env)
+            except PortTaken:
+                self.log.close()
+        raise RuntimeError("could not find free ports for infera")
+
+    def _start(self, repo, *extra, env=None):
         self.repo = Path(repo)
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.http = f"127.0.0.1:{self.http_port}"
@@ -38,7 +51,10 @@ class Server:
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"infera exited early:\n{self.log_path.read_text()}")
+                log = self.log_path.read_text()
+                if "cannot listen" in log:
+                    raise PortTaken(log)
+                raise RuntimeError(f"infera exited early:\n{log}")
             try:
                 with urllib.request.urlopen(f"http://{self.http}/v2/health/ready", timeout=1) as r:
                     if r.status == 200:
