@@ -107,3 +107,39 @@ def test_health_stats_and_torchserve(server, sample):
     assert st == 200 and s["requests"] >= 3 and s["errors"] >= 1
     assert s["latency_ms"]["p50"] > 0 and s["latency_ms"]["p95"] >= s["latency_ms"]["p50"]
     assert sum(s["predictions_per_class"].values()) >= 3
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "BMP", "GIF"])
+def test_rgb_photos_of_other_sizes_are_categorized(server, fmt):
+    """A 300x400 RGB photo (made with Pillow) goes through decode, gray, fit-to-28x28 and the CNN."""
+    import io
+
+    from PIL import Image, ImageDraw
+    img = Image.new("RGB", (300, 400), (240, 240, 240))
+    ImageDraw.Draw(img).rectangle((60, 40, 240, 360), fill=(30, 60, 150))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    st, p = call(server, "POST", "/predict", buf.getvalue(), {"Content-Type": f"image/{fmt.lower()}"})
+    assert st == 200, p
+    assert p["predicted_label"] in LABELS and 0 < p["confidence"] <= 1
+
+
+def test_exif_orientation_is_applied(server):
+    """A picture stored rotated with an EXIF orientation tag is turned upright before use."""
+    import io
+
+    import tritonclient.http as httpclient
+    from PIL import Image
+    x = np.zeros((28, 28), np.uint8)
+    x[2:10, 3:25] = 255  # a bar near the top: upright vs rotated differ a lot
+    upright = Image.fromarray(x, mode="L")
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(rotated, format="JPEG", quality=100, exif=exif)
+    c = httpclient.InferenceServerClient(server.http)
+    inp = httpclient.InferInput("IMAGE", [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[rotated.getvalue()]], dtype=np.object_))
+    pixels = c.infer("fashion_preprocess", [inp]).as_numpy("PIXELS")[0, 0]
+    assert np.abs(pixels - x).mean() < 8, np.abs(pixels - x).mean()
+    assert np.abs(pixels - np.rot90(x)).mean() > 40
