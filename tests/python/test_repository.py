@@ -182,10 +182,16 @@ def test_tract_backend_on_request_and_as_fallback(make_server, tmp_path):
     assert "serving with tract" in s.logs()
 
 
-def test_requests_of_clients_that_left_are_dropped_from_the_queue(make_server):
+def test_requests_of_clients_that_left_are_dropped_from_the_queue(make_server, tmp_path):
     import json
     import socket
-    s = make_server()
+    # The slower tract runtime and one instance keep the queue long while the clients leave.
+    repo = tmp_path / "slow"
+    shutil.copytree(FIXTURES / "fashion_mnist", repo / "fashion_mnist")
+    cfg = (repo / "fashion_mnist" / "config.pbtxt").read_text()
+    cfg = cfg.replace('platform: "onnxruntime_onnx"', 'backend: "tract"').replace("count: 2", "count: 1")
+    (repo / "fashion_mnist" / "config.pbtxt").write_text(cfg)
+    s = make_server(repo)
     x = np.zeros((64, 1, 28, 28), np.float32).tobytes()
     head = json.dumps({"inputs": [{"name": "input", "shape": [64, 1, 28, 28], "datatype": "FP32",
                                    "parameters": {"binary_data_size": len(x)}}]}).encode()
