@@ -61,16 +61,8 @@ pub fn router(
 }
 
 fn error(e: ServeError) -> Response {
-    let status = match e.kind {
-        ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
-        ErrorKind::QueueFull => StatusCode::TOO_MANY_REQUESTS,
-        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
-        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    (status, axum::Json(json!({ "error": e.message }))).into_response()
+    // Same status codes and JSON body as the v2 front-end (including Retry-After on 429).
+    infera_http::ApiError(e).into_response()
 }
 
 #[derive(serde::Deserialize)]

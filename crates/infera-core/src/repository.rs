@@ -583,17 +583,7 @@ impl ModelRepository {
                 .ok_or_else(|| {
                     ConfigError::new(format!("{kind}[{i}].data_type"), "unknown data type")
                 })?;
-            let labels = if labels.is_empty() {
-                None
-            } else {
-                let text = std::fs::read_to_string(dir.join(labels)).map_err(|e| {
-                    ConfigError::new(
-                        format!("{kind}[{i}].label_filename"),
-                        format!("cannot read '{labels}': {e}"),
-                    )
-                })?;
-                Some(Arc::new(text.lines().map(str::to_string).collect()))
-            };
+            let labels = read_labels(dir, &format!("{kind}[{i}]"), labels)?;
             Ok(IoDesc {
                 name: n.to_string(),
                 dtype,
@@ -935,18 +925,28 @@ fn bind_io(
     for (i, c) in cfg.output.iter().enumerate() {
         let r = c.reshape.as_ref().map(|r| r.shape.as_slice());
         let mut io = check("output", i, &c.name, c.data_type, &c.dims, r, &sig.outputs)?;
-        if !c.label_filename.is_empty() {
-            let text = std::fs::read_to_string(dir.join(&c.label_filename)).map_err(|e| {
-                ConfigError::new(
-                    format!("output[{i}].label_filename"),
-                    format!("cannot read '{}': {e}", c.label_filename),
-                )
-            })?;
-            io.labels = Some(Arc::new(text.lines().map(str::to_string).collect()));
-        }
+        io.labels = read_labels(dir, &format!("output[{i}]"), &c.label_filename)?;
         outputs.push(io);
     }
     Ok((inputs, outputs))
+}
+
+/// The labels file an output names (one label per line), if it names one.
+fn read_labels(
+    dir: &Path,
+    field: &str,
+    file: &str,
+) -> Result<Option<Arc<Vec<String>>>, ConfigError> {
+    if file.is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(dir.join(file)).map_err(|e| {
+        ConfigError::new(
+            format!("{field}.label_filename"),
+            format!("cannot read '{file}': {e}"),
+        )
+    })?;
+    Ok(Some(Arc::new(text.lines().map(str::to_string).collect())))
 }
 
 fn queue_policy(p: Option<&ModelQueuePolicy>) -> QueuePolicy {
