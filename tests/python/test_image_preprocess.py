@@ -106,6 +106,31 @@ def test_ensemble_image_to_class_scores(server, mod, attr):
     for row, w in zip(top, want):
         score, idx, label = row[0].decode().split(":", 2)
         assert int(idx) == int(np.argmax(w)) and label == labels[int(idx)]
+    # The native postprocessing step: softmax probabilities, top 3 with names, argmax label.
+    e = np.exp(want - want.max(1, keepdims=True))
+    probs = e / e.sum(1, keepdims=True)
+    np.testing.assert_allclose(r.as_numpy("PROBABILITIES"), probs, atol=1e-6)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    np.testing.assert_allclose(r.as_numpy("TOP_SCORES"), np.take_along_axis(probs, order, 1), atol=1e-6)
+    assert [[s.decode() for s in row] for row in r.as_numpy("TOP_LABELS")] == \
+        [[labels[i] for i in row] for row in order]
+    assert [row[0].decode() for row in r.as_numpy("LABEL")] == [labels[i] for i in want.argmax(1)]
+
+
+def test_postprocess_model_alone(server):
+    c = grpcclient.InferenceServerClient(server.grpc)
+    logits = np.array([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]], dtype=np.float32)
+    inp = grpcclient.InferInput("LOGITS", [1, 10], "FP32")
+    inp.set_data_from_numpy(logits)
+    r = c.infer("fashion_postprocess", [inp])
+    assert list(r.as_numpy("TOP_CLASSES")[0]) == [9, 8, 7]
+    assert r.as_numpy("LABEL")[0][0] == b"Ankle boot"
+    assert abs(r.as_numpy("PROBABILITIES").sum() - 1) < 1e-6
+    bad = grpcclient.InferInput("LOGITS", [1, 10], "INT32")
+    bad.set_data_from_numpy(logits.astype(np.int32))
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("fashion_postprocess", [bad])
+    assert "INT32" in e.value.message()
 
 
 def test_ensemble_metadata_config_and_step_statistics(server):
@@ -114,7 +139,7 @@ def test_ensemble_metadata_config_and_step_statistics(server):
     assert meta["platform"] == "ensemble"
     assert meta["inputs"] == [{"name": "IMAGE", "datatype": "BYTES", "shape": [-1, 1]}]
     cfg = c.get_model_config("fashion_mnist_image")
-    assert [s["model_name"] for s in cfg["ensemble_scheduling"]["step"]] == ["fashion_preprocess", "fashion_mnist"]
+    assert [s["model_name"] for s in cfg["ensemble_scheduling"]["step"]] == ["fashion_preprocess", "fashion_mnist", "fashion_postprocess"]
     before = c.get_inference_statistics("fashion_preprocess")["model_stats"][0]["inference_count"]
     c.infer("fashion_mnist_image", [images_input(httpclient, [png_gray(np.zeros((28, 28)))])])
     assert c.get_inference_statistics("fashion_preprocess")["model_stats"][0]["inference_count"] == before + 1

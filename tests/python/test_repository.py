@@ -36,7 +36,7 @@ def test_load_unload_http_and_grpc(make_server):
     assert "unknown model" in e.value.message()
     index = {m["name"]: m for m in c.get_model_repository_index()}
     assert index["simple"]["state"] == "UNAVAILABLE"
-    assert [m["name"] for m in c.get_model_repository_index() if m.get("state") == "READY"] == ["fashion_mnist", "fashion_mnist_image", "fashion_preprocess", "iris"]
+    assert [m["name"] for m in c.get_model_repository_index() if m.get("state") == "READY"] == ["fashion_mnist", "fashion_mnist_image", "fashion_postprocess", "fashion_preprocess", "iris"]
     c.load_model("simple")
     assert c.is_model_ready("simple")
     c.infer("simple", simple_inputs())
@@ -45,7 +45,7 @@ def test_load_unload_http_and_grpc(make_server):
     g.load_model("iris")
     assert g.is_model_ready("iris")
     names = {m.name for m in g.get_model_repository_index().models}
-    assert names == {"fashion_mnist", "fashion_mnist_image", "fashion_preprocess", "iris", "simple"}
+    assert names == {"fashion_mnist", "fashion_mnist_image", "fashion_postprocess", "fashion_preprocess", "iris", "simple"}
     with pytest.raises(InferenceServerException) as e:
         c.load_model("does_not_exist")
     assert "does_not_exist" in e.value.message()

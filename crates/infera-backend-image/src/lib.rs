@@ -3,7 +3,9 @@
 //!
 //! Input `IMAGE` (BYTES, one encoded PNG/JPEG/BMP/GIF/WebP per row), output `PIXELS`
 //! ([N, C, H, W] or [N, H, W, C], FP32 or UINT8). Configured by config.pbtxt `parameters`:
-//! `width`, `height` (required), `color` (gray | rgb), `resize` (stretch | fit | fill | pad),
+//! `width`, `height` (required), `color` (gray | rgb), `resize` (stretch | fit | fill | pad |
+//! crop | shorter: `crop` center-crops without scaling, `shorter` scales the shorter side to
+//! `shorter_side` then center-crops, like torchvision's Resize + CenterCrop),
 //! `filter` (nearest | triangle | catmullrom | gaussian | lanczos3), `scale`, `mean`, `std`
 //! (comma-separated per channel), `layout` (NCHW | NHWC), `output_type` (FP32 | UINT8),
 //! `max_pixels` (decoded size limit, against decompression bombs), `input_name`, `output_name`.
@@ -25,6 +27,9 @@ enum Resize {
     Fit,
     Fill,
     Pad,
+    Crop,
+    /// Shorter side to this many pixels (aspect kept), then center-crop.
+    Shorter(u32),
 }
 
 #[derive(Debug, Clone)]
@@ -96,9 +101,17 @@ impl Pipeline {
             "fit" => Resize::Fit,
             "fill" => Resize::Fill,
             "pad" => Resize::Pad,
+            "crop" | "center_crop" => Resize::Crop,
+            "shorter" => {
+                let s: u32 = param(p, "shorter_side", None)?;
+                if s == 0 || s > 1 << 14 {
+                    return Err(format!("parameter 'shorter_side': {s} is out of range"));
+                }
+                Resize::Shorter(s)
+            }
             other => {
                 return Err(format!(
-                    "parameter 'resize': '{other}' is not stretch, fit, fill or pad"
+                    "parameter 'resize': '{other}' is not stretch, fit, fill, pad, crop or shorter"
                 ));
             }
         };
@@ -224,6 +237,7 @@ impl Pipeline {
         if img.width() == tw && img.height() == th {
             return img;
         }
+        // Center-crops where the image is larger and pads (black) where it is smaller.
         let centered = |inner: DynamicImage| {
             let mut canvas = DynamicImage::new(tw, th, inner.color());
             let x = (i64::from(tw) - i64::from(inner.width())) / 2;
@@ -235,7 +249,14 @@ impl Pipeline {
             Resize::Stretch => img.resize_exact(tw, th, self.filter),
             Resize::Fit => centered(img.resize(tw, th, self.filter)),
             Resize::Fill => img.resize_to_fill(tw, th, self.filter),
-            Resize::Pad => centered(img),
+            Resize::Pad | Resize::Crop => centered(img),
+            Resize::Shorter(side) => {
+                let (w, h) = (u64::from(img.width()), u64::from(img.height()));
+                let short = w.min(h).max(1);
+                let nw = (w * u64::from(side)).div_ceil(short).max(1) as u32;
+                let nh = (h * u64::from(side)).div_ceil(short).max(1) as u32;
+                centered(img.resize_exact(nw, nh, self.filter))
+            }
         }
     }
 }
@@ -396,6 +417,50 @@ mod tests {
             out[0]
         );
         assert!((out[2 * 784] - (-1.0)).abs() < 0.05, "{}", out[2 * 784]);
+    }
+
+    #[test]
+    fn center_crop_and_shorter_side_resize() {
+        // Left half black, right half white; a 4-wide center crop straddles the edge.
+        let img = DynamicImage::ImageLuma8(image::GrayImage::from_fn(20, 10, |x, _| {
+            image::Luma([if x < 10 { 0 } else { 255 }])
+        }));
+        let crop = Pipeline::from_parameters(&params(&[
+            ("width", "4"),
+            ("height", "4"),
+            ("color", "gray"),
+            ("resize", "crop"),
+        ]))
+        .unwrap();
+        let mut out = Vec::new();
+        crop.process(&png(&img), &mut out).unwrap();
+        assert_eq!(&out[..4], &[0.0, 0.0, 255.0, 255.0]);
+        let shorter = Pipeline::from_parameters(&params(&[
+            ("width", "4"),
+            ("height", "4"),
+            ("color", "gray"),
+            ("resize", "shorter"),
+            ("shorter_side", "5"),
+            ("filter", "nearest"),
+        ]))
+        .unwrap();
+        out.clear();
+        shorter.process(&png(&img), &mut out).unwrap();
+        assert_eq!(out.len(), 16);
+        assert_eq!(
+            (out[0], out[3]),
+            (0.0, 255.0),
+            "10x5 scaled, then 4x4 cut from its center"
+        );
+        assert!(
+            Pipeline::from_parameters(&params(&[
+                ("width", "4"),
+                ("height", "4"),
+                ("resize", "shorter")
+            ]))
+            .is_err(),
+            "shorter needs shorter_side"
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct LoadOptions {
     pub inter_op_threads: usize,
     /// The model config's `parameters`, for backend-specific knobs.
     pub parameters: BTreeMap<String, String>,
+    /// The model's folder in the repository, for backends that read side files (e.g. labels).
+    pub model_dir: std::path::PathBuf,
 }
 
 /// A runtime that can open model files.

@@ -412,6 +412,7 @@ impl ModelRepository {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.string_value.clone()))
                 .collect(),
+            model_dir: dir.to_path_buf(),
         };
 
         let mut loaded: BTreeMap<i64, Vec<Box<dyn Session>>> = BTreeMap::new();

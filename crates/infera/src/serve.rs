@@ -108,6 +108,8 @@ fn backends(args: &ServeArgs) -> Backends {
     }
     b.others
         .push(Arc::new(infera_backend_image::ImageBackend) as Arc<dyn Backend>);
+    b.others
+        .push(Arc::new(infera_backend_postprocess::ClassifyBackend) as Arc<dyn Backend>);
     #[cfg(feature = "tract")]
     {
         b.tract = Some(Arc::new(infera_backend_tract::TractBackend) as Arc<dyn Backend>);
