@@ -83,7 +83,8 @@ def test_predict_batch_reports_each_file(server, sample):
     ("/predict", b"{\"image\": \"***\"}", {"Content-Type": "application/json"}, 400, "base64"),
     ("/predict", b"{}", {"Content-Type": "application/json"}, 400, "\"image\""),
     ("/predict?model=nope", b"x", {}, 404, "unknown model"),
-    ("/predict?model=iris", b"x", {}, 400, "not images"),
+    ("/predict?model=iris", b"x", {}, 400, "not encoded images"),
+    ("/predict?model=fashion_preprocess", b"x", {}, 400, "not a vector of FP32 class scores"),
     ("/predict?model=simple", b"x", {}, 400, "one image (BYTES) input"),
 ])
 def test_predict_errors(server, path, body, headers, status, needle):

@@ -5,6 +5,7 @@
 //!   → `{predicted_class, predicted_label, confidence, probabilities: {label: p}, model, latency_ms}`
 //! * `POST /predict/batch`: several files in one multipart form → `{"predictions": [...]}`
 //! * `GET /health`, `GET /stats`: status, and requests / latency percentiles / predictions per class
+//! * `GET /`: a web page to drop a photo on and see the top classes, the latency and the models
 //! * TorchServe's `POST /predictions/{model}[/{version}]` (top-5 `{label: p}`) and `GET /ping`
 
 mod stats;
@@ -19,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use bytes::Bytes;
+use infera_core::repository::{IoDesc, Model};
 use infera_core::request::{InferRequest, InputTensor, RequestedOutput};
 use infera_core::{DataType, ErrorKind, InferenceServer, ServeError, Tensor};
 use serde_json::{Map, Value, json};
@@ -46,6 +48,8 @@ pub fn router(
         stats: Arc::new(AppStats::default()),
     };
     Router::new()
+        .route("/", get(page))
+        .route("/index.html", get(page))
         .route("/predict", post(predict).put(predict))
         .route("/predict/batch", post(predict_batch))
         .route("/health", get(health))
@@ -58,6 +62,20 @@ pub fn router(
         )
         .with_state(app)
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+}
+
+/// The page is compiled in: one self-contained file, no CDN, so it works offline.
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 fn error(e: ServeError) -> Response {
@@ -115,6 +133,25 @@ fn softmax_if_needed(v: &mut [f32]) {
     }
 }
 
+/// The image input and score output of a model /predict can use, or why it can't.
+fn image_classifier(m: &Model) -> Result<(&IoDesc, &IoDesc), String> {
+    let [input] = m.inputs.as_slice() else {
+        return Err(format!("takes {} inputs", m.inputs.len()));
+    };
+    if input.dtype != DataType::Bytes {
+        return Err(format!("takes {} tensors, not encoded images", input.dtype));
+    }
+    let output = m.outputs.first().ok_or("has no outputs")?;
+    let dims = output.reshape.as_ref().unwrap_or(&output.dims);
+    if output.dtype != DataType::F32 || dims.iter().filter(|&&d| d != 1).count() > 1 {
+        return Err(format!(
+            "returns {} {:?} as its first output, not a vector of FP32 class scores",
+            output.dtype, dims
+        ));
+    }
+    Ok((input, output))
+}
+
 /// Runs one image through an image model and reads its first output as class scores.
 async fn classify(
     app: &App,
@@ -128,22 +165,11 @@ async fn classify(
         ));
     }
     let m = app.server.model(model)?;
-    let [input] = m.inputs.as_slice() else {
-        return Err(ServeError::invalid(format!(
-            "model '{model}' takes {} inputs; /predict needs a model with one image (BYTES) input",
-            m.inputs.len()
-        )));
-    };
-    if input.dtype != DataType::Bytes {
-        return Err(ServeError::invalid(format!(
-            "model '{model}' takes {} tensors, not images; use an image pipeline such as an ensemble with image_preprocess",
-            input.dtype
-        )));
-    }
-    let output = m
-        .outputs
-        .first()
-        .ok_or_else(|| ServeError::internal(format!("model '{model}' has no outputs")))?;
+    let (input, output) = image_classifier(&m).map_err(|why| {
+        ServeError::invalid(format!(
+            "model '{model}' {why}; /predict needs one image (BYTES) input and class scores out, like the fashion_mnist_image ensemble"
+        ))
+    })?;
     let shape = if m.max_batch_size() > 0 {
         vec![1, 1]
     } else {
@@ -360,9 +386,14 @@ async fn health(State(app): State<App>) -> Response {
         .repository
         .index(false)
         .into_iter()
-        .map(
-            |e| json!({"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}),
-        )
+        .map(|e| {
+            let image_classifier = app
+                .server
+                .model(&e.name)
+                .is_ok_and(|m| image_classifier(&m).is_ok());
+            json!({"name": e.name, "version": e.version, "state": e.state, "reason": e.reason,
+                   "image_classifier": image_classifier})
+        })
         .collect();
     let ready = app.server.ready();
     let status = if ready {
