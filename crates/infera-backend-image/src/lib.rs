@@ -186,8 +186,19 @@ impl Pipeline {
         let mut reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| format!("cannot read the image: {e}"))?;
-        if reader.format().is_none() {
-            return Err("not an image in a supported format (PNG, JPEG, BMP, GIF, WebP)".into());
+        use image::ImageFormat as F;
+        match reader.format() {
+            None => {
+                return Err(
+                    "not an image in a supported format (PNG, JPEG, BMP, GIF, WebP)".into(),
+                );
+            }
+            Some(F::Png | F::Jpeg | F::Bmp | F::Gif | F::WebP) => {}
+            Some(other) => {
+                return Err(format!(
+                    "{other:?} images are not a supported format: send PNG, JPEG, BMP, GIF or WebP"
+                ));
+            }
         }
         let mut limits = Limits::default();
         limits.max_alloc = Some(self.max_pixels.saturating_mul(8));
