@@ -20,9 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use bytes::Bytes;
-use infera_core::repository::{IoDesc, Model};
-use infera_core::request::{InferRequest, InputTensor, RequestedOutput};
-use infera_core::{DataType, ErrorKind, InferenceServer, ServeError, Tensor};
+use infera_core::classify::{Prediction, image_classifier};
+use infera_core::{ErrorKind, InferenceServer, ServeError};
 use serde_json::{Map, Value, json};
 
 pub use stats::AppStats;
@@ -88,132 +87,29 @@ struct ModelQuery {
     model: Option<String>,
 }
 
-/// One prediction: class probabilities with labels.
-struct Prediction {
-    probabilities: Vec<f32>,
-    labels: Vec<String>,
+fn prediction_json(p: &Prediction, model: &str, latency_ms: f64) -> Value {
+    let (idx, conf) = p.best();
+    let mut probs = Map::new();
+    for (l, v) in p.labels.iter().zip(&p.probabilities) {
+        probs.insert(l.clone(), json!(v));
+    }
+    json!({
+        "predicted_class": idx,
+        "predicted_label": p.labels.get(idx),
+        "confidence": conf,
+        "probabilities": probs,
+        "model": model,
+        "latency_ms": latency_ms,
+    })
 }
 
-impl Prediction {
-    fn best(&self) -> (usize, f32) {
-        self.probabilities
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, f32::MIN), |b, (i, p)| if p > b.1 { (i, p) } else { b })
-    }
-
-    fn to_json(&self, model: &str, latency_ms: f64) -> Value {
-        let (idx, conf) = self.best();
-        let mut probs = Map::new();
-        for (l, p) in self.labels.iter().zip(&self.probabilities) {
-            probs.insert(l.clone(), json!(p));
-        }
-        json!({
-            "predicted_class": idx,
-            "predicted_label": self.labels.get(idx),
-            "confidence": conf,
-            "probabilities": probs,
-            "model": model,
-            "latency_ms": latency_ms,
-        })
-    }
-}
-
-fn softmax_if_needed(v: &mut [f32]) {
-    let sum: f32 = v.iter().sum();
-    let is_probs = v.iter().all(|&x| (0.0..=1.0).contains(&x)) && (sum - 1.0).abs() < 1e-3;
-    if !is_probs {
-        let max = v.iter().copied().fold(f32::MIN, f32::max);
-        let exp: Vec<f32> = v.iter().map(|&x| (x - max).exp()).collect();
-        let total: f32 = exp.iter().sum();
-        for (o, e) in v.iter_mut().zip(exp) {
-            *o = e / total;
-        }
-    }
-}
-
-/// The image input and score output of a model /predict can use, or why it can't.
-fn image_classifier(m: &Model) -> Result<(&IoDesc, &IoDesc), String> {
-    let [input] = m.inputs.as_slice() else {
-        return Err(format!("takes {} inputs", m.inputs.len()));
-    };
-    if input.dtype != DataType::Bytes {
-        return Err(format!("takes {} tensors, not encoded images", input.dtype));
-    }
-    let output = m.outputs.first().ok_or("has no outputs")?;
-    let dims = output.reshape.as_ref().unwrap_or(&output.dims);
-    if output.dtype != DataType::F32 || dims.iter().filter(|&&d| d != 1).count() > 1 {
-        return Err(format!(
-            "returns {} {:?} as its first output, not a vector of FP32 class scores",
-            output.dtype, dims
-        ));
-    }
-    Ok((input, output))
-}
-
-/// Runs one image through an image model and reads its first output as class scores.
 async fn classify(
     app: &App,
     model: &str,
     version: Option<i64>,
     image: Bytes,
 ) -> Result<Prediction, ServeError> {
-    if image.is_empty() {
-        return Err(ServeError::invalid(
-            "the image is empty: send the file's bytes",
-        ));
-    }
-    let m = app.server.model(model)?;
-    let (input, output) = image_classifier(&m).map_err(|why| {
-        ServeError::invalid(format!(
-            "model '{model}' {why}; /predict needs one image (BYTES) input and class scores out, like the fashion_mnist_image ensemble"
-        ))
-    })?;
-    let shape = if m.max_batch_size() > 0 {
-        vec![1, 1]
-    } else {
-        vec![1]
-    };
-    let tensor = Tensor::from_strings(shape, vec![image])
-        .map_err(|e| ServeError::internal(e.to_string()))?;
-    let response = app
-        .server
-        .infer(InferRequest {
-            model: model.to_string(),
-            version,
-            id: String::new(),
-            inputs: vec![InputTensor {
-                name: input.name.clone(),
-                tensor,
-            }],
-            outputs: vec![RequestedOutput {
-                name: output.name.clone(),
-                classification: None,
-            }],
-            priority: 0,
-            timeout: None,
-        })
-        .await?;
-    let scores = response
-        .outputs
-        .first()
-        .and_then(|o| o.tensor.to_vec::<f32>())
-        .ok_or_else(|| {
-            ServeError::invalid(format!("model '{model}' does not return FP32 class scores"))
-        })?;
-    let mut probabilities = scores;
-    softmax_if_needed(&mut probabilities);
-    let labels = match &output.labels {
-        Some(l) => (0..probabilities.len())
-            .map(|i| l.get(i).cloned().unwrap_or_else(|| i.to_string()))
-            .collect(),
-        None => (0..probabilities.len()).map(|i| i.to_string()).collect(),
-    };
-    Ok(Prediction {
-        probabilities,
-        labels,
-    })
+    app.server.classify_image(model, version, image, 0).await
 }
 
 /// The image from a multipart form (first file field), a JSON body with base64, or the raw body.
@@ -322,7 +218,7 @@ async fn predict_one(
 async fn predict(State(app): State<App>, Query(q): Query<ModelQuery>, req: Request) -> Response {
     let model = q.model.unwrap_or_else(|| app.default_model.to_string());
     match predict_one(&app, &model, None, req).await {
-        Ok((p, ms)) => axum::Json(p.to_json(&model, ms)).into_response(),
+        Ok((p, ms)) => axum::Json(prediction_json(&p, &model, ms)).into_response(),
         Err(e) => error(e),
     }
 }
@@ -349,7 +245,7 @@ async fn predict_batch(
                     let (idx, _) = p.best();
                     app.stats
                         .record(elapsed, p.labels.get(idx).map(String::as_str));
-                    let mut v = p.to_json(&model, elapsed.as_secs_f64() * 1e3);
+                    let mut v = prediction_json(&p, &model, elapsed.as_secs_f64() * 1e3);
                     v["filename"] = json!(name);
                     v
                 }

@@ -1,6 +1,7 @@
 //! `infera`: one binary to serve ONNX models over the KServe v2 / Triton protocol.
 
 mod embedded;
+mod predict;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -23,11 +24,22 @@ struct Cli {
 enum Command {
     /// Serve a model repository over HTTP (8000), gRPC (8001) and Prometheus metrics (8002).
     Serve(serve::ServeArgs),
+    /// Classify a folder of images in-process into a CSV/JSONL file; crash-safe, resumable.
+    Predict(predict::PredictArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Predict(args) => predict::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the causes, no backtrace: it is a message for people.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

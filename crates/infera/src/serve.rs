@@ -90,9 +90,11 @@ fn init_logging(format: &str) {
     }
 }
 
-fn backends(args: &ServeArgs) -> Backends {
+/// The runtimes: ONNX Runtime when found, the native image and postprocessing kinds, and
+/// tract when built in.
+pub(crate) fn backends(onnxruntime_lib: Option<&std::path::Path>) -> Backends {
     let mut b = Backends::default();
-    match infera_backend_ort::find_library(args.onnxruntime_lib.as_deref()) {
+    match infera_backend_ort::find_library(onnxruntime_lib) {
         Some(lib) => match infera_backend_ort::OrtBackend::new(&lib) {
             Ok(ort) => {
                 info!(library = %lib.display(), "ONNX Runtime loaded");
@@ -122,17 +124,16 @@ fn backends(args: &ServeArgs) -> Backends {
     b
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
-    init_logging(&args.log_format);
-    let repo_dir = match &args.model_repository {
+/// The given repository, or the example repository built into the binary.
+pub(crate) fn repository_dir(given: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    match given {
         Some(d) => {
             anyhow::ensure!(
                 d.is_dir(),
                 "model repository {} is not a directory",
                 d.display()
             );
-            d.clone()
+            Ok(d.to_path_buf())
         }
         None => {
             let base = std::env::var_os("XDG_CACHE_HOME")
@@ -141,10 +142,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(std::env::temp_dir)
                 .join("infera");
             let dir = crate::embedded::extract(&base)?;
-            info!(path = %dir.display(), "no --model-repository given: serving the built-in example repository");
-            dir
+            info!(path = %dir.display(), "no --model-repository given: using the built-in example repository");
+            Ok(dir)
         }
-    };
+    }
+}
+
+/// For commands with a progress bar: only warnings and errors, on stderr.
+pub(crate) fn init_logging_quiet() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    init_logging(&args.log_format);
+    let repo_dir = repository_dir(args.model_repository.as_deref())?;
     let metrics = Metrics::new();
     let options = RepositoryOptions {
         default_max_batch_size: args.default_max_batch_size,
@@ -153,7 +171,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let repository = Arc::new(ModelRepository::new(
         &repo_dir,
-        backends(&args),
+        backends(args.onnxruntime_lib.as_deref()),
         options,
         metrics.clone(),
     ));

@@ -1,0 +1,317 @@
+//! One batch run: list (or reload) the inputs, classify them in ordered chunks, append each
+//! chunk's rows durably, checkpoint, and at the end move the finished files into place.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use infera_core::classify::{image_classifier, labels_of};
+use infera_core::{ErrorKind, InferenceServer};
+
+use crate::BatchError;
+use crate::checkpoint::{Checkpoint, RunPaths, reopen_truncated, sync_dir, write_atomic};
+use crate::inputs::list_images;
+use crate::output::{Format, error_row, errors_header};
+
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    pub model: String,
+    pub input: PathBuf,
+    pub recursive: bool,
+    pub output: PathBuf,
+    /// Default: `<output stem>.errors.csv` beside the output.
+    pub errors: Option<PathBuf>,
+    pub format: Format,
+    /// Inputs per chunk: the unit of checkpointing. Their requests run concurrently and
+    /// the model's dynamic batcher batches them.
+    pub batch_size: usize,
+    /// Chunks in flight at once.
+    pub workers: usize,
+    pub resume: bool,
+    pub overwrite: bool,
+    /// Scheduler priority level of the requests (0 = the model's default).
+    pub priority: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub total: usize,
+    pub done: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub progress: Progress,
+    /// Inputs already done by an earlier, interrupted run.
+    pub resumed_from: usize,
+    pub output: PathBuf,
+    pub errors: PathBuf,
+}
+
+enum Outcome {
+    Row(Vec<u8>),
+    Failed(Vec<u8>),
+}
+
+/// The model's class labels, checked once before any work.
+fn model_labels(server: &InferenceServer, model: &str) -> Result<Arc<Vec<String>>, BatchError> {
+    let m = server
+        .model(model)
+        .map_err(|e| BatchError::Model(e.message))?;
+    let (_, output) = image_classifier(&m).map_err(|why| {
+        BatchError::Model(format!(
+            "model '{model}' {why}; batch prediction needs one image (BYTES) input and class scores out"
+        ))
+    })?;
+    let dims = output.reshape.as_ref().unwrap_or(&output.dims);
+    if dims.iter().any(|&d| d < 0) {
+        return Err(BatchError::Model(format!(
+            "model '{model}': output '{}' has a free dimension {dims:?}; the CSV needs a fixed number of classes",
+            output.name
+        )));
+    }
+    let classes = dims.iter().product::<i64>().max(1) as usize;
+    Ok(labels_of(output, classes))
+}
+
+/// Reads and classifies one file; per-file problems become an error row, problems of the
+/// model or server (unloaded, failing) stop the run so it can be resumed later.
+async fn one(
+    server: &InferenceServer,
+    opts: &BatchOptions,
+    root: &Path,
+    rel: &Path,
+) -> Result<Outcome, BatchError> {
+    let name = rel.to_string_lossy();
+    let data = match tokio::fs::read(root.join(rel)).await {
+        Ok(d) => Bytes::from(d),
+        Err(e) => {
+            return Ok(Outcome::Failed(error_row(
+                &name,
+                &format!("cannot read: {e}"),
+            )));
+        }
+    };
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match server
+            .classify_image(&opts.model, None, data.clone(), opts.priority)
+            .await
+        {
+            Ok(p) => return Ok(Outcome::Row(opts.format.row(&name, &p))),
+            Err(e) if e.kind == ErrorKind::InvalidArgument || e.kind == ErrorKind::TooLarge => {
+                return Ok(Outcome::Failed(error_row(&name, &e.message)));
+            }
+            Err(e) if e.kind == ErrorKind::QueueFull && backoff < Duration::from_secs(5) => {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => {
+                return Err(BatchError::Model(format!(
+                    "stopped at {name}: {}; the progress so far is saved, rerun with --resume",
+                    e.message
+                )));
+            }
+        }
+    }
+}
+
+fn append(f: &mut File, bytes: &[u8], path: &Path) -> Result<(), BatchError> {
+    f.write_all(bytes)
+        .map_err(BatchError::io("cannot write", path))
+}
+
+/// Moves the finished files into place, then removes the checkpoint. Safe to repeat: a
+/// crash anywhere in here is finished by the next `--resume`.
+fn finish(paths: &RunPaths) -> Result<(), BatchError> {
+    for (partial, done) in [
+        (&paths.output_partial, &paths.output),
+        (&paths.errors_partial, &paths.errors),
+    ] {
+        if partial.exists() {
+            std::fs::rename(partial, done)
+                .map_err(BatchError::io("cannot move into place", done))?;
+            sync_dir(done)?;
+        }
+    }
+    for f in [&paths.files, &paths.checkpoint] {
+        if f.exists() {
+            std::fs::remove_file(f).map_err(BatchError::io("cannot remove", f))?;
+        }
+    }
+    sync_dir(&paths.checkpoint)
+}
+
+/// Runs (or resumes) a batch. `on_progress` is called after every durable checkpoint;
+/// setting `cancel` stops the run after the current chunk, leaving it resumable.
+pub async fn run_batch(
+    server: Arc<InferenceServer>,
+    opts: &BatchOptions,
+    mut on_progress: impl FnMut(&Progress),
+    cancel: Option<&AtomicBool>,
+) -> Result<Summary, BatchError> {
+    let labels = model_labels(&server, &opts.model)?;
+    let paths = RunPaths::new(&opts.output, opts.errors.as_deref());
+    if !opts.input.is_dir() {
+        return Err(BatchError::Input(format!(
+            "input {} is not a directory",
+            opts.input.display()
+        )));
+    }
+    let input = std::fs::canonicalize(&opts.input)
+        .map_err(|e| BatchError::Input(format!("input {}: {e}", opts.input.display())))?;
+
+    let (mut ck, files, mut out, mut err) = if opts.resume {
+        if !paths.checkpoint.exists() {
+            return Err(BatchError::Resume(format!(
+                "nothing to resume: no checkpoint {} (the run finished, or never started)",
+                paths.checkpoint.display()
+            )));
+        }
+        let ck = Checkpoint::load(&paths.checkpoint)?;
+        if ck.model != opts.model || ck.input != input || ck.format != opts.format {
+            return Err(BatchError::Resume(format!(
+                "the interrupted run used model '{}', input {} and format {:?}; resume it with the same",
+                ck.model,
+                ck.input.display(),
+                ck.format
+            )));
+        }
+        let list =
+            std::fs::read(&paths.files).map_err(BatchError::io("cannot read", &paths.files))?;
+        let files: Vec<PathBuf> = serde_json::from_slice(&list).map_err(|e| {
+            BatchError::Resume(format!("{} is damaged: {e}", paths.files.display()))
+        })?;
+        if files.len() != ck.total {
+            return Err(BatchError::Resume(format!(
+                "{} lists {} files but the checkpoint says {}",
+                paths.files.display(),
+                files.len(),
+                ck.total
+            )));
+        }
+        if ck.done == ck.total && !paths.output_partial.exists() {
+            // Killed while moving the finished files into place.
+            finish(&paths)?;
+            let p = Progress {
+                total: ck.total,
+                done: ck.done,
+                succeeded: ck.succeeded,
+                failed: ck.failed,
+            };
+            on_progress(&p);
+            return Ok(Summary {
+                progress: p,
+                resumed_from: ck.done,
+                output: paths.output,
+                errors: paths.errors,
+            });
+        }
+        let out = reopen_truncated(&paths.output_partial, ck.output_bytes)?;
+        let err = reopen_truncated(&paths.errors_partial, ck.errors_bytes)?;
+        (ck, files, out, err)
+    } else {
+        if paths.checkpoint.exists() {
+            return Err(BatchError::Resume(format!(
+                "an interrupted run left {}: add --resume to continue it, or delete it to start over",
+                paths.checkpoint.display()
+            )));
+        }
+        if paths.output.exists() && !opts.overwrite {
+            return Err(BatchError::Input(format!(
+                "{} exists; add --overwrite to replace it",
+                paths.output.display()
+            )));
+        }
+        let files = list_images(&input, opts.recursive)?;
+        let list = serde_json::to_vec(&files)
+            .map_err(|e| BatchError::Input(format!("file names: {e}")))?;
+        write_atomic(&paths.files, &list)?;
+        let header = opts.format.header(&labels);
+        let eheader = errors_header();
+        write_atomic(&paths.output_partial, &header)?;
+        write_atomic(&paths.errors_partial, &eheader)?;
+        let ck = Checkpoint {
+            version: 1,
+            model: opts.model.clone(),
+            input: input.clone(),
+            recursive: opts.recursive,
+            format: opts.format,
+            total: files.len(),
+            done: 0,
+            succeeded: 0,
+            failed: 0,
+            output_bytes: header.len() as u64,
+            errors_bytes: eheader.len() as u64,
+        };
+        ck.save(&paths.checkpoint)?;
+        let out = reopen_truncated(&paths.output_partial, ck.output_bytes)?;
+        let err = reopen_truncated(&paths.errors_partial, ck.errors_bytes)?;
+        (ck, files, out, err)
+    };
+
+    let resumed_from = ck.done;
+    let progress = |ck: &Checkpoint| Progress {
+        total: ck.total,
+        done: ck.done,
+        succeeded: ck.succeeded,
+        failed: ck.failed,
+    };
+    on_progress(&progress(&ck));
+    let chunk = opts.batch_size.max(1);
+    let server_ref = &server;
+    let input_ref = &input;
+    let mut chunks = futures::stream::iter(files[ck.done..].chunks(chunk))
+        .map(|part| async move {
+            let results =
+                futures::future::join_all(part.iter().map(|f| one(server_ref, opts, input_ref, f)))
+                    .await;
+            results.into_iter().collect::<Result<Vec<_>, _>>()
+        })
+        .buffered(opts.workers.max(1));
+    while let Some(results) = chunks.next().await {
+        let results = results?;
+        for r in &results {
+            match r {
+                Outcome::Row(b) => {
+                    append(&mut out, b, &paths.output_partial)?;
+                    ck.succeeded += 1;
+                    ck.output_bytes += b.len() as u64;
+                }
+                Outcome::Failed(b) => {
+                    append(&mut err, b, &paths.errors_partial)?;
+                    ck.failed += 1;
+                    ck.errors_bytes += b.len() as u64;
+                }
+            }
+        }
+        out.sync_data()
+            .map_err(BatchError::io("cannot sync", &paths.output_partial))?;
+        err.sync_data()
+            .map_err(BatchError::io("cannot sync", &paths.errors_partial))?;
+        ck.done += results.len();
+        ck.save(&paths.checkpoint)?;
+        on_progress(&progress(&ck));
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) && ck.done < ck.total {
+            return Err(BatchError::Resume(format!(
+                "cancelled after {} of {} files; rerun with --resume to continue",
+                ck.done, ck.total
+            )));
+        }
+    }
+    drop((out, err));
+    finish(&paths)?;
+    Ok(Summary {
+        progress: progress(&ck),
+        resumed_from,
+        output: paths.output,
+        errors: paths.errors,
+    })
+}
