@@ -103,15 +103,6 @@ fn prediction_json(p: &Prediction, model: &str, latency_ms: f64) -> Value {
     })
 }
 
-async fn classify(
-    app: &App,
-    model: &str,
-    version: Option<i64>,
-    image: Bytes,
-) -> Result<Prediction, ServeError> {
-    app.server.classify_image(model, version, image, 0).await
-}
-
 /// The image from a multipart form (first file field), a JSON body with base64, or the raw body.
 async fn read_images(
     req: Request,
@@ -202,7 +193,7 @@ async fn predict_one(
             .into_iter()
             .next()
             .ok_or_else(|| ServeError::invalid("no image in the request"))?;
-        classify(app, model, version, image).await
+        app.server.classify_image(model, version, image, 0).await
     }
     .await;
     let elapsed = start.elapsed();
@@ -238,7 +229,7 @@ async fn predict_batch(
         let model = model.clone();
         async move {
             let start = Instant::now();
-            let r = classify(&app, &model, None, image).await;
+            let r = app.server.classify_image(&model, None, image, 0).await;
             let elapsed = start.elapsed();
             match r {
                 Ok(p) => {

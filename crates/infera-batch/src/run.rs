@@ -46,6 +46,17 @@ pub struct Progress {
     pub failed: usize,
 }
 
+impl From<&Checkpoint> for Progress {
+    fn from(ck: &Checkpoint) -> Progress {
+        Progress {
+            total: ck.total,
+            done: ck.done,
+            succeeded: ck.succeeded,
+            failed: ck.failed,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub progress: Progress,
@@ -200,12 +211,7 @@ pub async fn run_batch(
         if ck.done == ck.total && !paths.output_partial.exists() {
             // Killed while moving the finished files into place.
             finish(&paths)?;
-            let p = Progress {
-                total: ck.total,
-                done: ck.done,
-                succeeded: ck.succeeded,
-                failed: ck.failed,
-            };
+            let p = Progress::from(&ck);
             on_progress(&p);
             return Ok(Summary {
                 progress: p,
@@ -258,13 +264,7 @@ pub async fn run_batch(
     };
 
     let resumed_from = ck.done;
-    let progress = |ck: &Checkpoint| Progress {
-        total: ck.total,
-        done: ck.done,
-        succeeded: ck.succeeded,
-        failed: ck.failed,
-    };
-    on_progress(&progress(&ck));
+    on_progress(&Progress::from(&ck));
     let chunk = opts.batch_size.max(1);
     let server_ref = &server;
     let input_ref = &input;
@@ -298,7 +298,7 @@ pub async fn run_batch(
             .map_err(BatchError::io("cannot sync", &paths.errors_partial))?;
         ck.done += results.len();
         ck.save(&paths.checkpoint)?;
-        on_progress(&progress(&ck));
+        on_progress(&Progress::from(&ck));
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) && ck.done < ck.total {
             return Err(BatchError::Resume(format!(
                 "cancelled after {} of {} files; rerun with --resume to continue",
@@ -309,7 +309,7 @@ pub async fn run_batch(
     drop((out, err));
     finish(&paths)?;
     Ok(Summary {
-        progress: progress(&ck),
+        progress: Progress::from(&ck),
         resumed_from,
         output: paths.output,
         errors: paths.errors,
