@@ -7,7 +7,9 @@
 //! * `GET /health`, `GET /stats`: status, and requests / latency percentiles / predictions per class
 //! * `GET /`: a web page to drop a photo on and see the top classes, the latency and the models
 //! * TorchServe's `POST /predictions/{model}[/{version}]` (top-5 `{label: p}`) and `GET /ping`
+//! * `/api/inference/...`: batch jobs on the server (see [`jobs`])
 
+pub mod jobs;
 mod stats;
 
 use std::sync::Arc;

@@ -2,7 +2,51 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::BatchError;
+
+/// What a run reads.
+#[derive(Debug, Clone)]
+pub enum Inputs {
+    /// The images in a folder, rows named by their path relative to it.
+    Folder { dir: PathBuf, recursive: bool },
+    /// An explicit list, rows in list order (the server's jobs: resolved paths and downloads).
+    List(Vec<InputFile>),
+}
+
+/// One row of a run: the name written in the output, and where its bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub name: String,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Relative paths are read from the folder of an [`Inputs::Folder`] run.
+    Path(PathBuf),
+    /// Known to be unusable before the run (missing, refused, failed download): becomes an
+    /// error row with this reason, so every input is accounted for exactly once.
+    Invalid(String),
+}
+
+impl InputFile {
+    pub fn path(name: impl Into<String>, path: impl Into<PathBuf>) -> InputFile {
+        InputFile {
+            name: name.into(),
+            source: Source::Path(path.into()),
+        }
+    }
+
+    pub fn invalid(name: impl Into<String>, reason: impl Into<String>) -> InputFile {
+        InputFile {
+            name: name.into(),
+            source: Source::Invalid(reason.into()),
+        }
+    }
+}
 
 /// File extensions taken as images (case-insensitive); other files are skipped.
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "webp", "gif"];

@@ -3,7 +3,7 @@
 //! recorded durably as it goes so a killed run resumes where it stopped and ends with the
 //! same bytes as an uninterrupted one.
 //!
-//! Used by `infera predict` (in-process) and, later, by the server's batch jobs.
+//! Used by `infera predict` (in-process) and by the server's batch jobs (`infera-jobs`).
 
 pub mod checkpoint;
 mod inputs;
@@ -11,7 +11,7 @@ mod output;
 mod run;
 
 pub use checkpoint::Checkpoint;
-pub use inputs::{IMAGE_EXTENSIONS, list_images};
+pub use inputs::{IMAGE_EXTENSIONS, InputFile, Inputs, Source, list_images};
 pub use output::Format;
 pub use run::{BatchOptions, Progress, Summary, run_batch};
 

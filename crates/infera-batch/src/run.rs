@@ -15,14 +15,14 @@ use infera_core::{ErrorKind, InferenceServer};
 
 use crate::BatchError;
 use crate::checkpoint::{Checkpoint, RunPaths, reopen_truncated, sync_dir, write_atomic};
-use crate::inputs::list_images;
+use crate::inputs::{InputFile, Inputs, Source, list_images};
 use crate::output::{Format, error_row, errors_header};
 
 #[derive(Debug, Clone)]
 pub struct BatchOptions {
     pub model: String,
-    pub input: PathBuf,
-    pub recursive: bool,
+    /// On `resume` the frozen list of the interrupted run is used, not this.
+    pub inputs: Inputs,
     pub output: PathBuf,
     /// Default: `<output stem>.errors.csv` beside the output.
     pub errors: Option<PathBuf>,
@@ -34,7 +34,8 @@ pub struct BatchOptions {
     pub workers: usize,
     pub resume: bool,
     pub overwrite: bool,
-    /// Scheduler priority level of the requests (0 = the model's default).
+    /// Scheduler priority level of the requests (0 = the model's default,
+    /// `infera_core::scheduler::BACKGROUND` behind all online requests).
     pub priority: usize,
 }
 
@@ -98,14 +99,18 @@ async fn one(
     server: &InferenceServer,
     opts: &BatchOptions,
     root: &Path,
-    rel: &Path,
+    input: &InputFile,
 ) -> Result<Outcome, BatchError> {
-    let name = rel.to_string_lossy();
+    let name = &input.name;
+    let rel = match &input.source {
+        Source::Path(p) => p,
+        Source::Invalid(reason) => return Ok(Outcome::Failed(error_row(name, reason))),
+    };
     let data = match tokio::fs::read(root.join(rel)).await {
         Ok(d) => Bytes::from(d),
         Err(e) => {
             return Ok(Outcome::Failed(error_row(
-                &name,
+                name,
                 &format!("cannot read: {e}"),
             )));
         }
@@ -116,9 +121,9 @@ async fn one(
             .classify_image(&opts.model, None, data.clone(), opts.priority)
             .await
         {
-            Ok(p) => return Ok(Outcome::Row(opts.format.row(&name, &p))),
+            Ok(p) => return Ok(Outcome::Row(opts.format.row(name, &p))),
             Err(e) if e.kind == ErrorKind::InvalidArgument || e.kind == ErrorKind::TooLarge => {
-                return Ok(Outcome::Failed(error_row(&name, &e.message)));
+                return Ok(Outcome::Failed(error_row(name, &e.message)));
             }
             Err(e) if e.kind == ErrorKind::QueueFull && backoff < Duration::from_secs(5) => {
                 tokio::time::sleep(backoff).await;
@@ -132,6 +137,21 @@ async fn one(
             }
         }
     }
+}
+
+/// A stream closure taking a borrowed item makes the whole run's future fail the `Send`
+/// check of `tokio::spawn` (rust-lang/rust#102211), so callers map over indices.
+fn run_chunk<'a>(
+    server: &'a InferenceServer,
+    opts: &'a BatchOptions,
+    root: &'a Path,
+    part: &'a [InputFile],
+) -> futures::future::BoxFuture<'a, Result<Vec<Outcome>, BatchError>> {
+    Box::pin(async move {
+        let results =
+            futures::future::join_all(part.iter().map(|f| one(server, opts, root, f))).await;
+        results.into_iter().collect()
+    })
 }
 
 fn append(f: &mut File, bytes: &[u8], path: &Path) -> Result<(), BatchError> {
@@ -170,14 +190,27 @@ pub async fn run_batch(
 ) -> Result<Summary, BatchError> {
     let labels = model_labels(&server, &opts.model)?;
     let paths = RunPaths::new(&opts.output, opts.errors.as_deref());
-    if !opts.input.is_dir() {
-        return Err(BatchError::Input(format!(
-            "input {} is not a directory",
-            opts.input.display()
-        )));
-    }
-    let input = std::fs::canonicalize(&opts.input)
-        .map_err(|e| BatchError::Input(format!("input {}: {e}", opts.input.display())))?;
+    // The folder rows are relative to; empty for lists, whose paths stand alone.
+    let input = match &opts.inputs {
+        Inputs::Folder { dir, .. } => {
+            if !dir.is_dir() {
+                return Err(BatchError::Input(format!(
+                    "input {} is not a directory",
+                    dir.display()
+                )));
+            }
+            std::fs::canonicalize(dir)
+                .map_err(|e| BatchError::Input(format!("input {}: {e}", dir.display())))?
+        }
+        Inputs::List(_) => PathBuf::new(),
+    };
+    let recursive = matches!(
+        opts.inputs,
+        Inputs::Folder {
+            recursive: true,
+            ..
+        }
+    );
 
     let (mut ck, files, mut out, mut err) = if opts.resume {
         if !paths.checkpoint.exists() {
@@ -197,7 +230,7 @@ pub async fn run_batch(
         }
         let list =
             std::fs::read(&paths.files).map_err(BatchError::io("cannot read", &paths.files))?;
-        let files: Vec<PathBuf> = serde_json::from_slice(&list).map_err(|e| {
+        let files: Vec<InputFile> = serde_json::from_slice(&list).map_err(|e| {
             BatchError::Resume(format!("{} is damaged: {e}", paths.files.display()))
         })?;
         if files.len() != ck.total {
@@ -236,7 +269,13 @@ pub async fn run_batch(
                 paths.output.display()
             )));
         }
-        let files = list_images(&input, opts.recursive)?;
+        let files: Vec<InputFile> = match &opts.inputs {
+            Inputs::Folder { .. } => list_images(&input, recursive)?
+                .into_iter()
+                .map(|rel| InputFile::path(rel.to_string_lossy().into_owned(), rel))
+                .collect(),
+            Inputs::List(list) => list.clone(),
+        };
         let list = serde_json::to_vec(&files)
             .map_err(|e| BatchError::Input(format!("file names: {e}")))?;
         write_atomic(&paths.files, &list)?;
@@ -248,7 +287,7 @@ pub async fn run_batch(
             version: 1,
             model: opts.model.clone(),
             input: input.clone(),
-            recursive: opts.recursive,
+            recursive,
             format: opts.format,
             total: files.len(),
             done: 0,
@@ -266,14 +305,12 @@ pub async fn run_batch(
     let resumed_from = ck.done;
     on_progress(&Progress::from(&ck));
     let chunk = opts.batch_size.max(1);
-    let server_ref = &server;
-    let input_ref = &input;
-    let mut chunks = futures::stream::iter(files[ck.done..].chunks(chunk))
-        .map(|part| async move {
-            let results =
-                futures::future::join_all(part.iter().map(|f| one(server_ref, opts, input_ref, f)))
-                    .await;
-            results.into_iter().collect::<Result<Vec<_>, _>>()
+    let (server_ref, input_ref, files_ref) = (&*server, input.as_path(), files.as_slice());
+    // Owned items (chunk starts), not borrowed slices: see `run_chunk`.
+    let mut chunks = futures::stream::iter((ck.done..files.len()).step_by(chunk))
+        .map(|start| {
+            let part = &files_ref[start..(start + chunk).min(files_ref.len())];
+            run_chunk(server_ref, opts, input_ref, part)
         })
         .buffered(opts.workers.max(1));
     while let Some(results) = chunks.next().await {

@@ -67,13 +67,17 @@ pub struct DynamicBatching {
     pub level_policies: Vec<QueuePolicy>,
 }
 
+/// Priority of batch work (server-side jobs, `infera predict`): served only when no online
+/// request of any level is waiting, so a big job never slows interactive traffic down.
+pub const BACKGROUND: usize = usize::MAX;
+
 /// A request ready for the model: inputs in model order, already in the model's shapes.
 #[derive(Debug)]
 pub struct Job {
     pub inputs: Vec<Tensor>,
     /// Items in the batch dimension (1 for models without one).
     pub batch: usize,
-    /// 0 = the default level.
+    /// 0 = the default level; [`BACKGROUND`] = after everything else.
     pub priority: usize,
     /// The request's own timeout, honoured when the level's policy allows overriding.
     pub timeout: Option<Duration>,
@@ -96,7 +100,7 @@ struct Pending {
 }
 
 struct Queues {
-    /// One deque per priority level (one when levels are off).
+    /// One deque per priority level (one when levels are off), then the background lane.
     levels: Vec<VecDeque<Pending>>,
     /// Requests whose timeout passed under a DELAY policy: served after all others.
     delayed: VecDeque<Pending>,
@@ -135,7 +139,7 @@ impl Scheduler {
             model: model.to_string(),
             policy,
             queues: Mutex::new(Queues {
-                levels: (0..levels).map(|_| VecDeque::new()).collect(),
+                levels: (0..=levels).map(|_| VecDeque::new()).collect(),
                 delayed: VecDeque::new(),
                 len: 0,
                 shutdown: false,
@@ -221,6 +225,14 @@ impl Drop for Scheduler {
 
 impl Shared {
     fn level_of(&self, priority: usize) -> ServeResult<(usize, Option<&QueuePolicy>)> {
+        if priority == BACKGROUND {
+            let configured = self
+                .policy
+                .dynamic
+                .as_ref()
+                .map_or(1, |d| d.priority_levels.max(1));
+            return Ok((configured, None));
+        }
         let Some(d) = &self.policy.dynamic else {
             return Ok((0, None));
         };
@@ -297,9 +309,11 @@ impl Shared {
 
     /// Picks the next batch, or says how long to wait for one.
     fn pick(&self, q: &mut Queues, now: Instant) -> Pick {
-        let order: Vec<(bool, usize)> = (0..q.levels.len())
+        // Online levels, then requests delayed by their timeout policy, then background work.
+        let background = q.levels.len() - 1;
+        let order: Vec<(bool, usize)> = (0..background)
             .map(|l| (false, l))
-            .chain(std::iter::once((true, 0)))
+            .chain([(true, 0), (false, background)])
             .collect();
         let queue_of = |q: &Queues, (delayed, l): (bool, usize)| -> usize {
             if delayed {
@@ -824,6 +838,26 @@ mod tests {
         assert_eq!(value(wait(high)), vec![1.0]);
         assert_eq!(value(wait(low)), vec![2.0]);
         assert_eq!(rig.firsts(), vec![0.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn background_work_waits_for_online_requests() {
+        for policy in [
+            dynamic(1, vec![], 0),
+            with_priorities(2, vec![QueuePolicy::default(); 2], 1),
+        ] {
+            let rig = Rig::new(policy, false);
+            let first = hold_worker(&rig);
+            let bg = rig.submit(9.0, 1, BACKGROUND, None).unwrap();
+            let online = rig.submit(1.0, 1, 0, None).unwrap();
+            let low = rig.submit(2.0, 1, 0, None).unwrap();
+            rig.open();
+            wait(first).unwrap();
+            assert_eq!(value(wait(bg)), vec![9.0]);
+            wait(online).unwrap();
+            wait(low).unwrap();
+            assert_eq!(rig.firsts(), vec![0.0, 1.0, 2.0, 9.0]);
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use infera_batch::{BatchOptions, Format, run_batch};
+use infera_batch::{BatchOptions, Format, Inputs, run_batch};
 use infera_core::InferenceServer;
 use infera_core::metrics::Metrics;
 use infera_core::repository::{ModelRepository, RepositoryOptions};
@@ -105,8 +105,10 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let server = Arc::new(InferenceServer::new(repository, metrics));
     let opts = BatchOptions {
         model: args.model.clone(),
-        input: args.input.clone(),
-        recursive: args.recursive,
+        inputs: Inputs::Folder {
+            dir: args.input.clone(),
+            recursive: args.recursive,
+        },
         output: args.output.clone(),
         errors: args.errors.clone(),
         format: args.format,

@@ -70,6 +70,44 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERA_IO_THREADS", default_value_t = 2)]
     io_threads: usize,
 
+    /// Turns batch jobs on (/api/inference/batch): their database (jobs.db), outputs and
+    /// checkpoints live here, and jobs interrupted by a crash or stop resume from it.
+    /// One server per directory.
+    #[arg(long, env = "INFERA_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// A folder whose files batch jobs may read (repeat for more). Paths are checked after
+    /// resolving symlinks; nothing outside these folders is read.
+    #[arg(
+        long = "batch-input-root",
+        env = "INFERA_BATCH_INPUT_ROOTS",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    batch_input_roots: Vec<PathBuf>,
+
+    /// A URL prefix batch jobs may download from, e.g. https://images.example.com/catalog/
+    /// (repeat for more). Redirects must stay on the list too.
+    #[arg(
+        long = "batch-allow-url",
+        env = "INFERA_BATCH_ALLOW_URLS",
+        value_name = "PREFIX",
+        value_delimiter = ','
+    )]
+    batch_allow_urls: Vec<String>,
+
+    /// Batch jobs running at once; others wait, high priority first.
+    #[arg(long, env = "INFERA_MAX_RUNNING_JOBS", default_value_t = 1)]
+    max_running_jobs: usize,
+
+    /// Images per checkpoint of a batch job (a crash repeats at most this many per worker).
+    #[arg(long, env = "INFERA_JOB_BATCH_SIZE", default_value_t = 32)]
+    job_batch_size: usize,
+
+    /// Chunks of a batch job in flight at once.
+    #[arg(long, env = "INFERA_JOB_WORKERS", default_value_t = 2)]
+    job_workers: usize,
+
     /// Log format: "text" for people, "json" for log pipelines. Levels come from RUST_LOG.
     #[arg(long, env = "INFERA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -252,6 +290,30 @@ async fn serve(
             })
             .map_err(|_| anyhow::anyhow!("cannot resolve --host {}", args.host))
     };
+    let jobs = match &args.data_dir {
+        Some(dir) => {
+            let cfg = infera_jobs::JobConfig {
+                data_dir: dir.clone(),
+                input_roots: args.batch_input_roots.clone(),
+                allow_urls: args.batch_allow_urls.clone(),
+                max_running: args.max_running_jobs.max(1),
+                batch_size: args.job_batch_size.max(1),
+                workers: args.job_workers.max(1),
+                max_download_bytes: args.max_body_size as u64,
+            };
+            let m = infera_jobs::JobManager::start(server.clone(), cfg)?;
+            info!(data_dir = %dir.display(), roots = ?args.batch_input_roots, urls = ?args.batch_allow_urls, "batch jobs on");
+            Some(m)
+        }
+        None => {
+            if !args.batch_input_roots.is_empty() || !args.batch_allow_urls.is_empty() {
+                anyhow::bail!(
+                    "--batch-input-root and --batch-allow-url need --data-dir DIR (where jobs are kept)"
+                );
+            }
+            None
+        }
+    };
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut tasks = tokio::task::JoinSet::new();
     let mut endpoints = Vec::new();
@@ -259,12 +321,13 @@ async fn serve(
     if args.http_port != 0 {
         let a = addr(args.http_port)?;
         let listener = bind(a, "HTTP", "--http-port").await?;
-        let app =
-            infera_http::router(server.clone(), args.max_body_size).merge(infera_app::router(
+        let app = infera_http::router(server.clone(), args.max_body_size)
+            .merge(infera_app::router(
                 server.clone(),
                 args.default_model.clone(),
                 args.max_body_size,
-            ));
+            ))
+            .merge(infera_app::jobs::router(jobs.clone()));
         spawn_axum(
             &mut tasks,
             listener,
@@ -323,6 +386,10 @@ async fn serve(
         Some(r) = tasks.join_next() => {
             r??;
         }
+    }
+    if let Some(j) = &jobs {
+        // Running jobs stop after their current chunk and resume at the next start.
+        j.shutdown().await;
     }
     server.begin_shutdown();
     let _ = stop_tx.send(());

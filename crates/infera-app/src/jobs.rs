@@ -1,0 +1,404 @@
+//! The jobs API: batch prediction on the server, translated to `infera-jobs`.
+//!
+//! * `POST /api/inference/batch {model, inputs, priority?, output_format?, recursive?}`
+//!   → 202 `{job_id, status: "queued", ...}`
+//! * `GET /api/inference/jobs[?status=S&limit=N]`: newest first
+//! * `GET /api/inference/job/{id}[?offset=&limit=]`: status, progress, errors and a page of
+//!   results; `?download=results|errors` sends the file itself
+//! * `DELETE /api/inference/job/{id}`: cancel
+//! * `GET /api/inference/job/{id}/events`: progress as server-sent events until the end
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use infera_batch::Format;
+use infera_http::json_error;
+use infera_jobs::{JobError, JobManager, JobRecord, JobRequest, Priority, Status, results};
+use serde_json::{Value, json};
+
+type Jobs = Option<Arc<JobManager>>;
+
+/// The routes; without a manager (no `--data-dir`) they explain how to turn jobs on.
+pub fn router(jobs: Jobs) -> Router {
+    Router::new()
+        .route("/api/inference/batch", post(create))
+        .route("/api/inference/jobs", get(list))
+        .route("/api/inference/job/{id}", get(show).delete(cancel))
+        .route("/api/inference/job/{id}/events", get(events))
+        .with_state(jobs)
+}
+
+fn error(e: JobError) -> Response {
+    let status = match &e {
+        JobError::BadRequest {
+            forbidden: true, ..
+        } => StatusCode::FORBIDDEN,
+        JobError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        JobError::NotFound(_) => StatusCode::NOT_FOUND,
+        JobError::Conflict(_) => StatusCode::CONFLICT,
+        JobError::Config(_) | JobError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    match e {
+        JobError::BadRequest {
+            message, refused, ..
+        } if !refused.is_empty() => (
+            status,
+            axum::Json(json!({"error": message, "refused": refused})),
+        )
+            .into_response(),
+        e => json_error(status, &e.to_string()),
+    }
+}
+
+fn jobs_off() -> Response {
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "batch jobs are off: start the server with --data-dir DIR (and --batch-input-root DIR or --batch-allow-url PREFIX)",
+    )
+}
+
+fn view(m: &JobManager, j: &JobRecord) -> Value {
+    let p = &j.progress;
+    let percent = if p.total == 0 {
+        0.0
+    } else {
+        (p.done as f64 * 1000.0 / p.total as f64).round() / 10.0
+    };
+    let base = format!("/api/inference/job/{}", j.id);
+    json!({
+        "job_id": j.id,
+        "model": j.model,
+        "status": j.status,
+        "cancelling": m.cancelling(&j.id),
+        "priority": j.priority,
+        "output_format": match j.format { Format::Csv => "csv", Format::Jsonl => "jsonl" },
+        "inputs": j.inputs,
+        "recursive": j.recursive,
+        "created_at": infera_jobs::store::rfc3339(j.created_ms),
+        "started_at": j.started_ms.map(infera_jobs::store::rfc3339),
+        "finished_at": j.finished_ms.map(infera_jobs::store::rfc3339),
+        "progress": {
+            "total": p.total, "done": p.done, "succeeded": p.succeeded, "failed": p.failed,
+            "percent": percent,
+        },
+        "error": j.error,
+        "restarts": j.restarts,
+        "links": {
+            "self": base,
+            "events": format!("{base}/events"),
+            "results": format!("{base}?download=results"),
+            "errors": format!("{base}?download=errors"),
+        },
+    })
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v.get(name).filter(|x| !x.is_null())
+}
+
+/// The request body as a [`JobRequest`], with a message naming what is wrong.
+fn parse_request(body: &[u8]) -> Result<JobRequest, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        format!("bad JSON: {e}; send {{\"model\": NAME, \"inputs\": [PATH or URL, ...]}}")
+    })?;
+    if !v.is_object() {
+        return Err("the body must be a JSON object".into());
+    }
+    let model = field(&v, "model")
+        .and_then(Value::as_str)
+        .ok_or("\"model\" (a string) is required")?
+        .to_string();
+    let inputs = match field(&v, "inputs") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or("\"inputs\" must be a list of strings (paths or URLs)")
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => return Err("\"inputs\" (a list of paths or URLs) is required".into()),
+    };
+    let priority = match field(&v, "priority") {
+        None => Priority::Normal,
+        Some(p) => p
+            .as_str()
+            .and_then(Priority::parse)
+            .ok_or_else(|| format!("\"priority\" is {p}; use \"high\", \"normal\" or \"low\""))?,
+    };
+    let format = match field(&v, "output_format") {
+        None => Format::Csv,
+        Some(f) => f
+            .as_str()
+            .ok_or("\"output_format\" must be \"csv\" or \"jsonl\"")?
+            .parse()?,
+    };
+    let recursive = match field(&v, "recursive") {
+        None => true,
+        Some(r) => r.as_bool().ok_or("\"recursive\" must be true or false")?,
+    };
+    Ok(JobRequest {
+        model,
+        inputs,
+        recursive,
+        priority,
+        format,
+    })
+}
+
+async fn create(State(jobs): State<Jobs>, body: Bytes) -> Response {
+    let Some(m) = &jobs else {
+        return jobs_off();
+    };
+    let req = match parse_request(&body) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
+    };
+    match m.submit(req) {
+        Ok(j) => {
+            let location = format!("/api/inference/job/{}", j.id);
+            (
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location)],
+                axum::Json(view(m, &j)),
+            )
+                .into_response()
+        }
+        Err(e) => error(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(State(jobs): State<Jobs>, Query(q): Query<ListQuery>) -> Response {
+    let Some(m) = &jobs else {
+        return jobs_off();
+    };
+    let status = match q.status.as_deref().map(|s| (s, Status::parse(s))) {
+        None => None,
+        Some((_, Some(s))) => Some(s),
+        Some((s, None)) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "unknown status '{s}': use queued, running, succeeded, failed or cancelled"
+                ),
+            );
+        }
+    };
+    match m.list(status, q.limit.unwrap_or(100).min(1000)) {
+        Ok(js) => {
+            let views: Vec<Value> = js.iter().map(|j| view(m, j)).collect();
+            axum::Json(json!({ "jobs": views })).into_response()
+        }
+        Err(e) => error(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ShowQuery {
+    offset: Option<usize>,
+    limit: Option<usize>,
+    download: Option<String>,
+}
+
+async fn show(
+    State(jobs): State<Jobs>,
+    Path(id): Path<String>,
+    Query(q): Query<ShowQuery>,
+) -> Response {
+    let Some(m) = &jobs else {
+        return jobs_off();
+    };
+    let j = match m.get(&id) {
+        Ok(j) => j,
+        Err(e) => return error(e),
+    };
+    if let Some(what) = q.download.as_deref() {
+        return download(m, &j, what).await;
+    }
+    let mut v = view(m, &j);
+    v["errors"] = json!(results::errors_page(&m.errors_path(&j), 100));
+    if j.status == Status::Succeeded {
+        let offset = q.offset.unwrap_or(0);
+        let limit = q.limit.unwrap_or(100).min(1000);
+        match results::results_page(&m.output_path(&j), j.format, offset, limit) {
+            Ok(rows) => {
+                let next = offset + rows.len();
+                v["results"] = json!({
+                    "offset": offset,
+                    "count": rows.len(),
+                    "total": j.progress.succeeded,
+                    "next_offset": (next < j.progress.succeeded).then_some(next),
+                    "rows": rows,
+                });
+            }
+            Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        }
+    }
+    axum::Json(v).into_response()
+}
+
+async fn download(m: &JobManager, j: &JobRecord, what: &str) -> Response {
+    let (path, content_type, name) = match what {
+        "results" | "true" | "1" => {
+            if j.status != Status::Succeeded {
+                return json_error(
+                    StatusCode::CONFLICT,
+                    &format!(
+                        "job '{}' is {}: results can be downloaded once it has succeeded",
+                        j.id,
+                        j.status.as_str()
+                    ),
+                );
+            }
+            let p = m.output_path(j);
+            let (ct, ext) = match j.format {
+                Format::Csv => ("text/csv; charset=utf-8", "csv"),
+                Format::Jsonl => ("application/x-ndjson", "jsonl"),
+            };
+            (p, ct, format!("{}-predictions.{ext}", j.id))
+        }
+        "errors" => (
+            m.errors_path(j),
+            "text/csv; charset=utf-8",
+            format!("{}-errors.csv", j.id),
+        ),
+        other => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("download={other}: use download=results or download=errors"),
+            );
+        }
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                &format!("job '{}' has no {what} file (yet)", j.id),
+            );
+        }
+        Err(e) => {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot read the {what}: {e}"),
+            );
+        }
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    )
+        .into_response()
+}
+
+async fn cancel(State(jobs): State<Jobs>, Path(id): Path<String>) -> Response {
+    let Some(m) = &jobs else {
+        return jobs_off();
+    };
+    match m.cancel(&id) {
+        Ok(j) => {
+            let status = if j.status.is_terminal() {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            (status, axum::Json(view(m, &j))).into_response()
+        }
+        Err(e) => error(e),
+    }
+}
+
+struct Follow {
+    rx: tokio::sync::watch::Receiver<JobRecord>,
+    m: Arc<JobManager>,
+    id: String,
+    last: Option<JobRecord>,
+}
+
+impl Follow {
+    /// The next state to report, or `None` when the job disappeared.
+    async fn next(&mut self) -> Option<JobRecord> {
+        if self.last.is_none() {
+            return Some(self.rx.borrow_and_update().clone());
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.rx.changed()).await {
+                Ok(Ok(())) => return Some(self.rx.borrow_and_update().clone()),
+                // Closed: the job ended (its final state is in the store), or ended and
+                // was followed again; re-read rather than trust the channel.
+                Ok(Err(_)) => {
+                    let j = self.m.get(&self.id).ok()?;
+                    if j.status.is_terminal() {
+                        return Some(j);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.rx = self.m.subscribe(&self.id).ok()?;
+                }
+                // Quiet for a while: the store is the truth if a wake-up was missed.
+                Err(_) => {
+                    let j = self.m.get(&self.id).ok()?;
+                    if Some(&j) != self.last.as_ref() {
+                        return Some(j);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One `progress` event per change, then `end` with the final state.
+async fn events(State(jobs): State<Jobs>, Path(id): Path<String>) -> Response {
+    let Some(m) = jobs else {
+        return jobs_off();
+    };
+    let rx = match m.subscribe(&id) {
+        Ok(rx) => rx,
+        Err(e) => return error(e),
+    };
+    let follow = Follow {
+        rx,
+        m,
+        id,
+        last: None,
+    };
+    let stream = futures::stream::unfold(Some(follow), |state| async move {
+        let mut f = state?;
+        let j = f.next().await?;
+        let done = j.status.is_terminal();
+        let data = view(&f.m, &j).to_string();
+        let mut out = vec![Ok::<Event, Infallible>(
+            Event::default().event("progress").data(data.clone()),
+        )];
+        if done {
+            out.push(Ok(Event::default().event("end").data(data)));
+        }
+        f.last = Some(j);
+        Some((futures::stream::iter(out), (!done).then_some(f)))
+    })
+    .flatten();
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
