@@ -106,7 +106,18 @@ struct Queues {
     delayed: VecDeque<Pending>,
     len: usize,
     shutdown: bool,
+    /// When an online request last arrived.
+    last_online: Option<Instant>,
+    /// While online traffic is recent, background batches wait until then.
+    background_resume: Option<Instant>,
 }
+
+/// Online traffic counts as present for this long after a request arrives.
+const ONLINE_RECENT: Duration = Duration::from_millis(250);
+/// While online traffic is present, a background batch that took `t` is followed by `t * this`
+/// without background work on that worker: batch jobs get at most 1/(1 + this) of the time
+/// queue order alone cannot give online requests (they share the same cores).
+const BACKGROUND_PAUSE: u32 = 8;
 
 struct Shared {
     model: String,
@@ -143,6 +154,8 @@ impl Scheduler {
                 delayed: VecDeque::new(),
                 len: 0,
                 shutdown: false,
+                last_online: None,
+                background_resume: None,
             }),
             ready: Condvar::new(),
             stats,
@@ -197,6 +210,9 @@ impl Scheduler {
                     p.max_queue_size
                 ),
             ));
+        }
+        if job_is_online(&job) {
+            q.last_online = Some(now);
         }
         q.levels[level].push_back(Pending {
             job,
@@ -309,12 +325,20 @@ impl Shared {
 
     /// Picks the next batch, or says how long to wait for one.
     fn pick(&self, q: &mut Queues, now: Instant) -> Pick {
-        // Online levels, then requests delayed by their timeout policy, then background work.
+        // Online levels, then requests delayed by their timeout policy, then background work
+        // unless it is pausing for online traffic (then it neither leads nor fills a batch).
         let background = q.levels.len() - 1;
-        let order: Vec<(bool, usize)> = (0..background)
+        let online_until = q.last_online.map(|t| t + ONLINE_RECENT);
+        let pausing = q
+            .background_resume
+            .filter(|&r| r > now && online_until.is_some_and(|o| o > now));
+        let mut order: Vec<(bool, usize)> = (0..background)
             .map(|l| (false, l))
-            .chain([(true, 0), (false, background)])
+            .chain([(true, 0)])
             .collect();
+        if pausing.is_none() {
+            order.push((false, background));
+        }
         let queue_of = |q: &Queues, (delayed, l): (bool, usize)| -> usize {
             if delayed {
                 q.delayed.len()
@@ -323,7 +347,10 @@ impl Shared {
             }
         };
         let Some(&head_queue) = order.iter().find(|&&k| queue_of(q, k) > 0) else {
-            return Pick::Empty;
+            return match (pausing, online_until) {
+                (Some(r), Some(o)) if !q.levels[background].is_empty() => Pick::WaitUntil(r.min(o)),
+                _ => Pick::Empty,
+            };
         };
         let head = at(q, head_queue, 0);
         let Some(d) = &self.policy.dynamic else {
@@ -434,10 +461,25 @@ fn worker(s: Arc<Shared>, mut session: Box<dyn Session>) {
             }
         };
         s.metrics.pending.sub(batch.len() as i64);
-        if !batch.is_empty() {
-            execute(&s, session.as_mut(), batch);
+        if batch.is_empty() {
+            continue;
+        }
+        let background = batch.iter().any(|p| !job_is_online(&p.job));
+        let start = Instant::now();
+        execute(&s, session.as_mut(), batch);
+        if background {
+            let end = Instant::now();
+            let mut q = s.queues.lock();
+            if q.last_online.is_some_and(|t| t + ONLINE_RECENT > end) {
+                let pause = end + (end - start) * BACKGROUND_PAUSE;
+                q.background_resume = Some(q.background_resume.map_or(pause, |r| r.max(pause)));
+            }
         }
     }
+}
+
+fn job_is_online(job: &Job) -> bool {
+    job.priority != BACKGROUND
 }
 
 fn execute(s: &Shared, session: &mut dyn Session, batch: Vec<Pending>) {
@@ -858,6 +900,23 @@ mod tests {
             wait(low).unwrap();
             assert_eq!(rig.firsts(), vec![0.0, 1.0, 2.0, 9.0]);
         }
+    }
+
+    #[test]
+    fn background_work_pauses_while_online_traffic_is_present() {
+        let rig = Rig::new(dynamic(4, vec![], 0), false);
+        let held = rig.submit(0.0, 1, BACKGROUND, None).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let online = rig.submit(1.0, 1, 0, None).unwrap();
+        let bg = rig.submit(9.0, 1, BACKGROUND, None).unwrap();
+        rig.open();
+        wait(held).unwrap();
+        wait(online).unwrap();
+        wait(bg).unwrap();
+        // The background batch took 30 ms while online traffic was present, so background
+        // work pauses: it does not ride along in the online request's batch.
+        assert_eq!(rig.batches(), vec![1, 1, 1]);
+        assert_eq!(rig.firsts(), vec![0.0, 1.0, 9.0]);
     }
 
     #[test]

@@ -95,7 +95,6 @@ pub struct JobManager {
     cfg: JobConfig,
     store: Mutex<Store>,
     policy: Arc<InputPolicy>,
-    downloader: Downloader,
     /// Running jobs and their cancel flags.
     live: Mutex<HashMap<String, Arc<AtomicBool>>>,
     /// Progress subscribers (SSE), by job.
@@ -140,13 +139,13 @@ impl JobManager {
             );
         }
         let policy = Arc::new(InputPolicy::new(&cfg.input_roots, &cfg.allow_urls)?);
-        let downloader = Downloader::new(policy.clone(), cfg.max_download_bytes)?;
+        // Built per run (on the job's own runtime); built once here to fail early.
+        Downloader::new(policy.clone(), cfg.max_download_bytes)?;
         let manager = Arc::new(JobManager {
             server,
             cfg,
             store: Mutex::new(store),
             policy,
-            downloader,
             live: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
             wake: Notify::new(),
@@ -354,7 +353,7 @@ impl JobManager {
                         let cancel = Arc::new(AtomicBool::new(false));
                         self.live.lock().insert(rec.id.clone(), cancel.clone());
                         self.publish(&rec.id);
-                        tokio::spawn(self.clone().run(rec, cancel));
+                        self.spawn_run(rec, cancel);
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -368,6 +367,39 @@ impl JobManager {
             }
             woken.await;
         }
+    }
+
+    /// A job runs on its own thread and runtime: its file writes and fsyncs block, and must
+    /// not stall the threads that serve online requests.
+    fn spawn_run(self: &Arc<Self>, rec: JobRecord, cancel: Arc<AtomicBool>) {
+        let m = self.clone();
+        let id = rec.id.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("job-{}", &id[..8.min(id.len())]))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(m.run(rec, cancel)),
+                    Err(e) => m.abandon(&rec.id, &format!("cannot start a runtime: {e}")),
+                }
+            });
+        if let Err(e) = spawned {
+            self.abandon(&id, &format!("cannot start a thread: {e}"));
+        }
+    }
+
+    /// A job that could not even start: it fails with the reason.
+    fn abandon(&self, id: &str, why: &str) {
+        warn!(job = %id, error = why, "batch job failed to start");
+        let _ = self
+            .store
+            .lock()
+            .set_status(id, Status::Failed, Some(why), &[Status::Running]);
+        self.live.lock().remove(id);
+        self.publish(id);
+        self.wake.notify_one();
     }
 
     async fn run(self: Arc<Self>, rec: JobRecord, cancel: Arc<AtomicBool>) {
@@ -431,11 +463,13 @@ impl JobManager {
             info!(job = %rec.id, done = rec.progress.done, total = rec.progress.total, "resuming batch job from its checkpoint");
             Inputs::List(Vec::new())
         } else {
+            let downloader = Downloader::new(self.policy.clone(), self.cfg.max_download_bytes)
+                .map_err(|e| e.to_string())?;
             let files = resolve::resolve(
                 &rec.inputs,
                 rec.recursive,
                 &self.policy,
-                &self.downloader,
+                &downloader,
                 &dir.join("downloads"),
             )
             .await;
