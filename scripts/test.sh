@@ -4,12 +4,14 @@
 # Installs what it needs: Debian's libb64-0d (perf_analyzer) and a virtualenv with pinned packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Debian packages: libb64 for perf_analyzer, the Fashion-MNIST test set for the accuracy checks.
-if ! ldconfig -p | grep -q libb64.so.0d || [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || ! command -v chromium >/dev/null; then
+# Debian packages: libb64 for perf_analyzer, the Fashion-MNIST data set for the accuracy checks,
+# chromium for the web page test, a font for the text in plots.
+if ! ldconfig -p | grep -q libb64.so.0d || [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || ! command -v chromium >/dev/null \
+   || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libb64-0d dataset-fashion-mnist chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libb64-0d dataset-fashion-mnist chromium fonts-dejavu-core >/dev/null
 fi
 source scripts/python-env.sh test
 cuda_lib=$(python -c 'import nvidia.cuda_runtime as m; print(list(m.__path__)[0] + "/lib")')

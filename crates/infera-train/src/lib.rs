@@ -10,6 +10,7 @@ pub mod data;
 pub mod download;
 pub mod idx;
 pub mod metrics;
+pub mod plots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -19,4 +20,6 @@ pub enum TrainError {
     Config(String),
     #[error("{0}")]
     Download(String),
+    #[error("cannot draw the plot: {0}")]
+    Plot(String),
 }

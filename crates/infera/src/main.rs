@@ -1,6 +1,7 @@
 //! `infera`: one binary to serve ONNX models over the KServe v2 / Triton protocol.
 
 mod embedded;
+mod evaluate;
 mod predict;
 mod serve;
 
@@ -26,6 +27,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Classify a folder of images in-process into a CSV/JSONL file; crash-safe, resumable.
     Predict(predict::PredictArgs),
+    /// Accuracy, per-class precision/recall/F1 and the confusion matrix of a model on Fashion-MNIST.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +36,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

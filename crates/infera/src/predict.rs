@@ -90,19 +90,32 @@ fn load_with_steps(repo: &ModelRepository, name: &str, depth: usize) -> anyhow::
     Ok(())
 }
 
-pub fn run(args: PredictArgs) -> anyhow::Result<()> {
-    crate::serve::init_logging_quiet();
-    let repo_dir = crate::serve::repository_dir(args.model_repository.as_deref())?;
+/// An in-process server holding just `model` (and its ensemble steps).
+pub(crate) fn in_process(
+    model_repository: Option<&std::path::Path>,
+    onnxruntime_lib: Option<&std::path::Path>,
+    model: &str,
+) -> anyhow::Result<Arc<InferenceServer>> {
+    let repo_dir = crate::serve::repository_dir(model_repository)?;
     let metrics = Metrics::new();
     let repository = Arc::new(ModelRepository::new(
         &repo_dir,
-        crate::serve::backends(args.onnxruntime_lib.as_deref()),
+        crate::serve::backends(onnxruntime_lib),
         RepositoryOptions::default(),
         metrics.clone(),
     ));
-    load_with_steps(&repository, &args.model, 0)
-        .with_context(|| format!("cannot load model '{}'", args.model))?;
-    let server = Arc::new(InferenceServer::new(repository, metrics));
+    load_with_steps(&repository, model, 0)
+        .with_context(|| format!("cannot load model '{model}'"))?;
+    Ok(Arc::new(InferenceServer::new(repository, metrics)))
+}
+
+pub fn run(args: PredictArgs) -> anyhow::Result<()> {
+    crate::serve::init_logging_quiet();
+    let server = in_process(
+        args.model_repository.as_deref(),
+        args.onnxruntime_lib.as_deref(),
+        &args.model,
+    )?;
     let opts = BatchOptions {
         model: args.model.clone(),
         inputs: Inputs::Folder {
