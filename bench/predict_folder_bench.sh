@@ -2,7 +2,7 @@
 # Images per second of `infera predict` over the 10,000 Fashion-MNIST test images as PNG files,
 # beside the in-process ONNX Runtime batch-64 throughput of the same CNN (floor example, 2
 # threads, same backend) measured in the same run. Three rounds, interleaved; prints Markdown.
-#   BENCH_BATCH=64 (--batch-size)  BENCH_WORKERS=2 (--workers)
+#   BENCH_BATCH=64 (--batch-size)  BENCH_WORKERS=4 (--workers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python-env.sh test
@@ -27,7 +27,7 @@ echo "|---|---|---|---|"
 for round in 1 2 3; do
   start=$(date +%s.%N)
   "$target/release/infera" predict --model-repository examples/model_repository --model fashion_mnist_image \
-    --input "$work/pngs" --output "$work/p.csv" --batch-size "${BENCH_BATCH:-64}" --workers "${BENCH_WORKERS:-2}" \
+    --input "$work/pngs" --output "$work/p.csv" --batch-size "${BENCH_BATCH:-64}" --workers "${BENCH_WORKERS:-4}" \
     --overwrite 2>/dev/null
   end=$(date +%s.%N)
   floor=$("$target/release/examples/floor" examples/model_repository/fashion_mnist/1/model.onnx 4 2 | python -c 'import json,sys; print(json.load(sys.stdin)["throughput_batch64"])')

@@ -141,17 +141,86 @@ async fn one(
 
 /// A stream closure taking a borrowed item makes the whole run's future fail the `Send`
 /// check of `tokio::spawn` (rust-lang/rust#102211), so callers map over indices.
+/// A chunk goes to the model in requests of up to `max_batch` images, so each ensemble
+/// step runs once per group instead of once per image.
 fn run_chunk<'a>(
     server: &'a InferenceServer,
     opts: &'a BatchOptions,
     root: &'a Path,
     part: &'a [InputFile],
+    max_batch: usize,
 ) -> futures::future::BoxFuture<'a, Result<Vec<Outcome>, BatchError>> {
     Box::pin(async move {
-        let results =
-            futures::future::join_all(part.iter().map(|f| one(server, opts, root, f))).await;
-        results.into_iter().collect()
+        let groups = part
+            .chunks(max_batch.max(1))
+            .map(|g| run_group(server, opts, root, g));
+        let results = futures::future::join_all(groups).await;
+        let mut out = Vec::with_capacity(part.len());
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(out)
     })
+}
+
+/// One request for the readable images of `group`; if the model refuses it (a bad image
+/// among them), each image is retried alone so only the bad ones become error rows.
+async fn run_group(
+    server: &InferenceServer,
+    opts: &BatchOptions,
+    root: &Path,
+    group: &[InputFile],
+) -> Result<Vec<Outcome>, BatchError> {
+    let mut outcomes: Vec<Option<Outcome>> = (0..group.len()).map(|_| None).collect();
+    let (mut images, mut at) = (Vec::new(), Vec::new());
+    for (i, f) in group.iter().enumerate() {
+        if let Source::Path(p) = &f.source
+            && let Ok(data) = tokio::fs::read(root.join(p)).await
+            && !data.is_empty()
+        {
+            images.push(Bytes::from(data));
+            at.push(i);
+        }
+    }
+    if images.len() > 1 {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            match server
+                .classify_images(&opts.model, None, images.clone(), opts.priority)
+                .await
+            {
+                Ok(preds) => {
+                    for (&i, p) in at.iter().zip(&preds) {
+                        outcomes[i] = Some(Outcome::Row(opts.format.row(&group[i].name, p)));
+                    }
+                    break;
+                }
+                Err(e) if e.kind == ErrorKind::QueueFull && backoff < Duration::from_secs(5) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                // A bad image, or anything else: the per-image path below sorts it out
+                // (and stops the run on model failures, as it always did).
+                Err(_) => break,
+            }
+        }
+    }
+    // Concurrently, so the dynamic batcher still batches them.
+    let singles = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.is_none())
+        .map(|(i, _)| one(server, opts, root, &group[i]));
+    let mut singles = futures::future::join_all(singles).await.into_iter();
+    outcomes
+        .into_iter()
+        .map(|o| match o {
+            Some(o) => Ok(o),
+            None => singles
+                .next()
+                .unwrap_or_else(|| Err(BatchError::Model("lost a result".into()))),
+        })
+        .collect()
 }
 
 fn append(f: &mut File, bytes: &[u8], path: &Path) -> Result<(), BatchError> {
@@ -212,7 +281,7 @@ pub async fn run_batch(
         }
     );
 
-    let (mut ck, files, mut out, mut err) = if opts.resume {
+    let (ck, files, out, err) = if opts.resume {
         if !paths.checkpoint.exists() {
             return Err(BatchError::Resume(format!(
                 "nothing to resume: no checkpoint {} (the run finished, or never started)",
@@ -305,17 +374,95 @@ pub async fn run_batch(
     let resumed_from = ck.done;
     on_progress(&Progress::from(&ck));
     let chunk = opts.batch_size.max(1);
+    let max_batch = server
+        .model(&opts.model)
+        .map_or(1, |m| m.max_batch_size().max(1));
     let (server_ref, input_ref, files_ref) = (&*server, input.as_path(), files.as_slice());
     // Owned items (chunk starts), not borrowed slices: see `run_chunk`.
     let mut chunks = futures::stream::iter((ck.done..files.len()).step_by(chunk))
         .map(|start| {
             let part = &files_ref[start..(start + chunk).min(files_ref.len())];
-            run_chunk(server_ref, opts, input_ref, part)
+            run_chunk(server_ref, opts, input_ref, part, max_batch)
         })
         .buffered(opts.workers.max(1));
-    while let Some(results) = chunks.next().await {
-        let results = results?;
-        for r in &results {
+    // The durable writes (append, fsync, checkpoint) run on their own thread, so the next
+    // chunks keep the model busy meanwhile; the stream is only polled from this task.
+    // Room for many chunks: while one fsync runs, later chunks queue up and are committed
+    // together by the next (group commit), so slow fsyncs don't throttle the model.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Outcome>>(opts.workers.max(1) * 16);
+    let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<Result<Progress, BatchError>>();
+    let writer_paths = paths.clone();
+    let writer = std::thread::Builder::new()
+        .name("batch-writer".into())
+        .spawn(move || write_chunks(rx, ptx, ck, out, err, &writer_paths))
+        .map_err(|e| BatchError::Model(format!("cannot start the writer thread: {e}")))?;
+    let mut tx = Some(tx);
+    let mut failure: Option<BatchError> = None;
+    loop {
+        tokio::select! {
+            next = chunks.next(), if tx.is_some() => match next {
+                Some(Ok(results)) => {
+                    if let Some(t) = &tx
+                        && t.send(results).await.is_err()
+                    {
+                        tx = None; // the writer stopped; its error comes through prx
+                    }
+                }
+                Some(Err(e)) => {
+                    failure = Some(e);
+                    tx = None;
+                }
+                None => tx = None,
+            },
+            p = prx.recv() => match p {
+                Some(Ok(p)) => {
+                    on_progress(&p);
+                    let cancelled = cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+                    if cancelled && p.done < p.total && failure.is_none() {
+                        failure = Some(BatchError::Resume(format!(
+                            "cancelled after {} of {} files; rerun with --resume to continue",
+                            p.done, p.total
+                        )));
+                        tx = None;
+                    }
+                }
+                Some(Err(e)) => {
+                    failure.get_or_insert(e);
+                    tx = None;
+                }
+                None => break,
+            },
+        }
+    }
+    drop(chunks);
+    let ck = writer
+        .join()
+        .map_err(|_| BatchError::Model("the writer thread failed".into()))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let ck = ck?;
+    finish(&paths)?;
+    Ok(Summary {
+        progress: Progress::from(&ck),
+        resumed_from,
+        output: paths.output,
+        errors: paths.errors,
+    })
+}
+
+/// Appends the rows of every chunk that has arrived, fsyncs once, checkpoints, reports
+/// progress; returns the final checkpoint when the channel closes.
+fn write_chunks(
+    mut rx: tokio::sync::mpsc::Receiver<Vec<Outcome>>,
+    progress: tokio::sync::mpsc::UnboundedSender<Result<Progress, BatchError>>,
+    mut ck: Checkpoint,
+    mut out: File,
+    mut err: File,
+    paths: &RunPaths,
+) -> Result<Checkpoint, BatchError> {
+    let mut write = |chunks: Vec<Vec<Outcome>>| -> Result<Progress, BatchError> {
+        for r in chunks.iter().flatten() {
             match r {
                 Outcome::Row(b) => {
                     append(&mut out, b, &paths.output_partial)?;
@@ -333,22 +480,24 @@ pub async fn run_batch(
             .map_err(BatchError::io("cannot sync", &paths.output_partial))?;
         err.sync_data()
             .map_err(BatchError::io("cannot sync", &paths.errors_partial))?;
-        ck.done += results.len();
+        ck.done += chunks.iter().map(Vec::len).sum::<usize>();
         ck.save(&paths.checkpoint)?;
-        on_progress(&Progress::from(&ck));
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) && ck.done < ck.total {
-            return Err(BatchError::Resume(format!(
-                "cancelled after {} of {} files; rerun with --resume to continue",
-                ck.done, ck.total
-            )));
+        Ok(Progress::from(&ck))
+    };
+    while let Some(first) = rx.blocking_recv() {
+        let mut chunks = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            chunks.push(more);
+        }
+        match write(chunks) {
+            Ok(p) => {
+                let _ = progress.send(Ok(p));
+            }
+            Err(e) => {
+                let _ = progress.send(Err(BatchError::Resume(e.to_string())));
+                return Err(e);
+            }
         }
     }
-    drop((out, err));
-    finish(&paths)?;
-    Ok(Summary {
-        progress: Progress::from(&ck),
-        resumed_from,
-        output: paths.output,
-        errors: paths.errors,
-    })
+    Ok(ck)
 }

@@ -90,24 +90,47 @@ impl InferenceServer {
         image: Bytes,
         priority: usize,
     ) -> ServeResult<Prediction> {
-        if image.is_empty() {
+        let mut out = self
+            .classify_images(model, version, vec![image], priority)
+            .await?;
+        out.pop()
+            .ok_or_else(|| ServeError::internal("no prediction for the image"))
+    }
+
+    /// Classifies several encoded images in one request (the model's batch dimension), so
+    /// each step of an ensemble runs once for all of them. One unusable image fails the
+    /// whole call; callers that need per-image errors retry those one by one.
+    pub async fn classify_images(
+        &self,
+        model: &str,
+        version: Option<i64>,
+        images: Vec<Bytes>,
+        priority: usize,
+    ) -> ServeResult<Vec<Prediction>> {
+        if images.iter().any(Bytes::is_empty) {
             return Err(ServeError::invalid(
                 "the image is empty: send the file's bytes",
             ));
         }
+        let n = images.len();
         let m = self.model(model)?;
         let (input, output) = image_classifier(&m).map_err(|why| {
             ServeError::invalid(format!(
                 "model '{model}' {why}; classifying photos needs one image (BYTES) input and class scores out, like the fashion_mnist_image ensemble"
             ))
         })?;
-        let shape = if m.max_batch_size() > 0 {
-            vec![1, 1]
-        } else {
-            vec![1]
-        };
-        let tensor = Tensor::from_strings(shape, vec![image])
-            .map_err(|e| ServeError::internal(e.to_string()))?;
+        let max = m.max_batch_size();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if n > 1 && n > max {
+            return Err(ServeError::invalid(format!(
+                "{n} images in one request, but model '{model}' takes at most {max}"
+            )));
+        }
+        let shape = if max > 0 { vec![n, 1] } else { vec![1] };
+        let tensor =
+            Tensor::from_strings(shape, images).map_err(|e| ServeError::internal(e.to_string()))?;
         let response = self
             .infer(InferRequest {
                 model: model.to_string(),
@@ -125,19 +148,32 @@ impl InferenceServer {
                 timeout: None,
             })
             .await?;
-        let mut probabilities = response
+        let scores = response
             .outputs
             .first()
             .and_then(|o| o.tensor.to_vec::<f32>())
             .ok_or_else(|| {
                 ServeError::invalid(format!("model '{model}' does not return FP32 class scores"))
             })?;
-        softmax_if_needed(&mut probabilities);
-        let labels = labels_of(output, probabilities.len());
-        Ok(Prediction {
-            probabilities,
-            labels,
-        })
+        if scores.is_empty() || scores.len() % n != 0 {
+            return Err(ServeError::internal(format!(
+                "model '{model}' returned {} scores for {n} images",
+                scores.len()
+            )));
+        }
+        let classes = scores.len() / n;
+        let labels = labels_of(output, classes);
+        Ok(scores
+            .chunks(classes)
+            .map(|row| {
+                let mut probabilities = row.to_vec();
+                softmax_if_needed(&mut probabilities);
+                Prediction {
+                    probabilities,
+                    labels: labels.clone(),
+                }
+            })
+            .collect())
     }
 }
 

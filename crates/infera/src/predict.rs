@@ -50,11 +50,11 @@ pub struct PredictArgs {
 
     /// Files per chunk: they are classified together (the model's dynamic batcher batches
     /// them) and progress is saved after each chunk.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     batch_size: usize,
 
-    /// Chunks in flight at once.
-    #[arg(long, default_value_t = 2)]
+    /// Chunks in flight at once (one per pipeline stage keeps decode and inference busy).
+    #[arg(long, default_value_t = 4)]
     workers: usize,
 
     /// Also read sub-folders.
