@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::repository::{IoDesc, Model};
-use crate::request::{InferRequest, InputTensor, RequestedOutput};
+use crate::request::InferRequest;
 use crate::{DataType, InferenceServer, ServeError, ServeResult, Tensor};
 
 /// Class probabilities of one image, with a label per class.
@@ -132,21 +132,14 @@ impl InferenceServer {
         let tensor =
             Tensor::from_strings(shape, images).map_err(|e| ServeError::internal(e.to_string()))?;
         let response = self
-            .infer(InferRequest {
-                model: model.to_string(),
+            .infer(InferRequest::single(
+                model,
                 version,
-                id: String::new(),
-                inputs: vec![InputTensor {
-                    name: input.name.clone(),
-                    tensor,
-                }],
-                outputs: vec![RequestedOutput {
-                    name: output.name.clone(),
-                    classification: None,
-                }],
+                &input.name,
+                tensor,
+                &output.name,
                 priority,
-                timeout: None,
-            })
+            ))
             .await?;
         let scores = response
             .outputs

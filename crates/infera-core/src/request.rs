@@ -18,6 +18,34 @@ pub struct InferRequest {
     pub timeout: Option<Duration>,
 }
 
+impl InferRequest {
+    /// One input tensor in, one named output back (in-process callers: classify, evaluate).
+    pub fn single(
+        model: &str,
+        version: Option<i64>,
+        input: &str,
+        tensor: Tensor,
+        output: &str,
+        priority: usize,
+    ) -> InferRequest {
+        InferRequest {
+            model: model.to_string(),
+            version,
+            id: String::new(),
+            inputs: vec![InputTensor {
+                name: input.to_string(),
+                tensor,
+            }],
+            outputs: vec![RequestedOutput {
+                name: output.to_string(),
+                classification: None,
+            }],
+            priority,
+            timeout: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct InputTensor {
     pub name: String,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use infera_core::request::{InferRequest, InputTensor, RequestedOutput};
+use infera_core::request::InferRequest;
 use infera_core::{DataType, Tensor};
 use infera_train::data::{self, CLASSES, Part};
 use infera_train::metrics::Metrics;
@@ -142,21 +142,14 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
         shape.extend(item_dims.iter().map(|&d| d as usize));
         let tensor = Tensor::from_slice(shape, &pixels)?;
         let response = runtime
-            .block_on(server.infer(InferRequest {
-                model: args.model.clone(),
-                version: None,
-                id: String::new(),
-                inputs: vec![InputTensor {
-                    name: input.name.clone(),
-                    tensor,
-                }],
-                outputs: vec![RequestedOutput {
-                    name: output.name.clone(),
-                    classification: None,
-                }],
-                priority: 0,
-                timeout: None,
-            }))
+            .block_on(server.infer(InferRequest::single(
+                &args.model,
+                None,
+                &input.name,
+                tensor,
+                &output.name,
+                0,
+            )))
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         let scores = response
             .outputs
