@@ -156,10 +156,6 @@ impl JobManager {
         Ok(manager)
     }
 
-    pub fn policy(&self) -> &InputPolicy {
-        &self.policy
-    }
-
     /// Checks a request and records the job; it is durable when this returns.
     pub fn submit(&self, req: JobRequest) -> Result<JobRecord, JobError> {
         if self.stopping.load(Ordering::Relaxed) {

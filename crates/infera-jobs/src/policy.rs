@@ -62,10 +62,6 @@ impl InputPolicy {
         })
     }
 
-    pub fn roots(&self) -> &[PathBuf] {
-        &self.roots
-    }
-
     fn roots_text(&self) -> String {
         self.roots
             .iter()

@@ -183,11 +183,6 @@ impl Rng {
         ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * n as f64) as usize
     }
 
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             let j = self.below(i + 1);
