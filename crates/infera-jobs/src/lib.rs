@@ -307,7 +307,12 @@ impl JobManager {
         }
     }
 
+    /// Sends the job's current record to its followers; without followers there is nothing
+    /// to read (this runs after every checkpoint).
     fn publish(&self, id: &str) {
+        if !self.watchers.lock().contains_key(id) {
+            return;
+        }
         let Ok(Some(rec)) = self.store.lock().get(id) else {
             return;
         };
