@@ -13,6 +13,15 @@ if ! ldconfig -p | grep -q libb64.so.0d || [ ! -f /usr/share/datasets/fashion-mn
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libb64-0d dataset-fashion-mnist chromium fonts-dejavu-core >/dev/null
 fi
+# MLflow (for the tracking test) lives in its own virtualenv: it pins much of what the test env pins.
+MLFLOW_VENV=${MLFLOW_VENV:-$HOME/.cache/infera/venv-mlflow}
+mlflow_stamp="$MLFLOW_VENV/.installed-$(sha256sum scripts/requirements-mlflow.txt | cut -c1-16)"
+if [ ! -f "$mlflow_stamp" ]; then
+  python3 -m venv "$MLFLOW_VENV"
+  "$MLFLOW_VENV/bin/python" -m pip install -q --disable-pip-version-check -r scripts/requirements-mlflow.txt
+  touch "$mlflow_stamp"
+fi
+export INFERA_MLFLOW="$MLFLOW_VENV/bin/mlflow"
 source scripts/python-env.sh test
 cuda_lib=$(python -c 'import nvidia.cuda_runtime as m; print(list(m.__path__)[0] + "/lib")')
 export LD_LIBRARY_PATH="$cuda_lib:${LD_LIBRARY_PATH:-}"
@@ -23,7 +32,7 @@ cargo clippy --release --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --release --workspace
 echo "== build"
-cargo build --release --bin infera
+cargo build --release --bin infera --bin infera-trainer
 target=${CARGO_TARGET_DIR:-target}
 case $target in /*) ;; *) target=$PWD/$target ;; esac
 export INFERA_BIN="$target/release/infera"

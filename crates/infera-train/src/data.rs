@@ -195,7 +195,8 @@ impl Rng {
 /// keeps its share, reproducibly from `seed`. Returns (train, validation).
 pub fn split_validation(train: &Split, validation: usize, seed: u64) -> (Split, Split) {
     let mut rng = Rng::new(seed);
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); CLASSES.len()];
+    let classes = train.labels.iter().max().map_or(0, |&m| m as usize + 1);
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for (i, &l) in train.labels.iter().enumerate() {
         by_class[l as usize].push(i);
     }

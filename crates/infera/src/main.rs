@@ -4,6 +4,7 @@ mod embedded;
 mod evaluate;
 mod predict;
 mod serve;
+mod trainer;
 
 use clap::{Parser, Subcommand};
 
@@ -11,10 +12,12 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "infera",
     version,
-    about = "Serve ONNX models over the KServe v2 / Triton protocol (HTTP and gRPC)",
+    about = "Serve ONNX models over the KServe v2 / Triton protocol (HTTP and gRPC); train and export image classifiers",
     long_about = "infera serves ONNX models from a Triton-style model repository over the KServe v2 / \
 Open Inference Protocol, so Triton's own clients (tritonclient, perf_analyzer) work unchanged.\n\n\
-Quick start: `infera serve` serves the embedded example repository on Triton's default ports."
+Quick start: `infera serve` serves the embedded example repository on Triton's default ports.\n\
+Training: `infera train` / `sweep` / `export` run the separate infera-trainer program (burn), so \
+the server never links the training framework."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,6 +32,22 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Accuracy, per-class precision/recall/F1 and the confusion matrix of a model on Fashion-MNIST.
     Evaluate(evaluate::EvaluateArgs),
+    /// Train an image classifier (burn, CPU) from a config with key=value overrides.
+    #[command(disable_help_flag = true)]
+    Train(Forwarded),
+    /// Grid search over training settings, ranked by validation accuracy.
+    #[command(disable_help_flag = true)]
+    Sweep(Forwarded),
+    /// Export a training checkpoint to ONNX as a model-repository entry, parity-checked.
+    #[command(disable_help_flag = true)]
+    Export(Forwarded),
+}
+
+/// Arguments passed through to the trainer (`infera train --help` shows them).
+#[derive(clap::Args)]
+struct Forwarded {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    args: Vec<std::ffi::OsString>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +56,9 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Train(f) => trainer::run("train", f.args),
+        Command::Sweep(f) => trainer::run("sweep", f.args),
+        Command::Export(f) => trainer::run("export", f.args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
