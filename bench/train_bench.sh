@@ -11,10 +11,11 @@ ROUNDS=${ROUNDS:-2}
 EPOCHS=${EPOCHS:-2}
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}
 target=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p infera-trainer
+# The same build as scripts/test.sh, so the artifacts are shared.
+cargo build --release -q --bin infera --bin infera-trainer
 trainer="$target/release/infera-trainer"
 out=$(mktemp -d)
-python3 -c 'import torch' 2>/dev/null || { echo "needs Debian's python3-torch (apt-get install python3-torch)"; exit 1; }
+/usr/bin/python3 -c 'import torch' 2>/dev/null || { echo "needs Debian's python3-torch (apt-get install python3-torch)"; exit 1; }
 for round in $(seq "$ROUNDS"); do
   /usr/bin/python3 bench/train_torch.py "$DATA" "$EPOCHS" | tee -a "$out/torch.jsonl"
   "$trainer" train --no-progress --runs-dir "$out/runs" --run-id "bench-$round" \
