@@ -23,6 +23,8 @@ use crate::train::{self, EpochSink};
 pub struct RunOptions {
     pub run_dir: PathBuf,
     pub device: Device,
+    /// The backend's name, recorded in checkpoints.
+    pub backend: String,
     pub progress: bool,
     /// Evaluate the best checkpoint on the test set (final runs; sweeps choose on validation).
     pub evaluate_test: bool,
@@ -53,6 +55,7 @@ struct Sink<'a> {
     recipe: &'a Recipe,
     classes: &'a [String],
     mlflow: Option<&'a Mlflow>,
+    backend: &'a str,
 }
 
 impl Sink<'_> {
@@ -64,7 +67,7 @@ impl Sink<'_> {
             epoch: record.epoch,
             val_accuracy: record.val_accuracy,
             seed: self.recipe.seed,
-            framework: "burn 0.22.1 (flex)".into(),
+            framework: format!("burn 0.22.1 ({})", self.backend),
         }
     }
 }
@@ -163,6 +166,7 @@ pub fn run(
             recipe,
             classes: &data.classes,
             mlflow: tracker.as_ref(),
+            backend: &opts.backend,
         };
         let outcome = train::train(
             recipe,
@@ -262,7 +266,12 @@ pub fn run(
         })
     })();
     if let Some(m) = &tracker {
-        m.finish(result.is_ok())?;
+        match (&result, m.finish(result.is_ok())) {
+            (Ok(_), Err(e)) => return Err(e),
+            // The run's own error matters more than a failure to mark it failed.
+            (Err(_), Err(e)) => tracing::warn!("cannot mark the MLflow run failed: {e:#}"),
+            _ => {}
+        }
     }
     let result = result?;
     writeln!(
