@@ -238,8 +238,8 @@ pub fn export(
     };
     // The last node's output gets the public name.
     let node = g.nodes.last_mut().context("empty graph")?;
+    debug_assert_eq!(node.output.first(), Some(&last));
     node.output = vec![OUTPUT.into()];
-    let _ = last;
     let side = side as i64;
     let graph = GraphProto {
         node: g.nodes,
