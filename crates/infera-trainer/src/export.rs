@@ -95,46 +95,45 @@ pub fn check_parity(
     let mut session = backend
         .load(onnx_file, &options)
         .map_err(|e| anyhow::anyhow!("ONNX Runtime cannot load the export: {e}"))?;
-    let mut max_diff = 0f32;
-    let mut agree = 0usize;
     let side = images.rows;
+    let per_image = images.pixels();
+    let mut ort_logits = Vec::with_capacity(images.len() * classes);
     for start in (0..images.len()).step_by(250) {
         let end = (start + 250).min(images.len());
-        let idx: Vec<usize> = (start..end).collect();
-        let batch = images.select(&idx);
-        let pixels: Vec<f32> = batch.images.iter().map(|&p| f32::from(p)).collect();
+        let pixels: Vec<f32> = images.images[start * per_image..end * per_image]
+            .iter()
+            .map(|&p| f32::from(p))
+            .collect();
         let input =
-            infera_core::tensor::Tensor::from_slice(vec![idx.len(), 1, side, side], &pixels)?;
+            infera_core::tensor::Tensor::from_slice(vec![end - start, 1, side, side], &pixels)?;
         let out = session
             .run(&[input])
             .map_err(|e| anyhow::anyhow!("ONNX Runtime failed on the export: {e}"))?;
-        let ort_logits: Vec<f32> = out
-            .first()
-            .and_then(|t| t.to_vec::<f32>())
-            .context("ONNX Runtime returned no FP32 logits")?;
-        let x = Tensor::<4>::from_data(
-            burn::tensor::TensorData::new(pixels, [idx.len(), 1, side, side]),
-            device,
+        ort_logits.extend(
+            out.first()
+                .and_then(|t| t.to_vec::<f32>())
+                .context("ONNX Runtime returned no FP32 logits")?,
         );
-        let burn_logits: Vec<f32> = model.forward(x).into_data().iter::<f32>().collect();
-        if burn_logits.len() != ort_logits.len() {
-            bail!(
-                "ONNX Runtime returned {} logits, burn {}",
-                ort_logits.len(),
-                burn_logits.len()
-            );
-        }
-        for (a, b) in ort_logits.iter().zip(&burn_logits) {
-            max_diff = max_diff.max((a - b).abs());
-        }
-        let ort_top = crate::train::argmax_rows(&ort_logits, classes);
-        let burn_top = crate::train::argmax_rows(&burn_logits, classes);
-        agree += ort_top
-            .iter()
-            .zip(&burn_top)
-            .filter(|(a, b)| a == b)
-            .count();
     }
+    let burn_logits = crate::train::logits(model, images, device, 250);
+    if burn_logits.len() != ort_logits.len() {
+        bail!(
+            "ONNX Runtime returned {} logits, burn {}",
+            ort_logits.len(),
+            burn_logits.len()
+        );
+    }
+    let max_diff = ort_logits
+        .iter()
+        .zip(&burn_logits)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let ort_top = crate::train::argmax_rows(&ort_logits, classes);
+    let burn_top = crate::train::argmax_rows(&burn_logits, classes);
+    let agree = ort_top
+        .iter()
+        .zip(&burn_top)
+        .filter(|(a, b)| a == b)
+        .count();
     Ok(Parity {
         images: images.len(),
         max_abs_diff: max_diff,

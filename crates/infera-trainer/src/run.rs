@@ -189,7 +189,7 @@ pub fn run(
 
         let test = if opts.evaluate_test {
             let (best, _) = checkpoint::load(&run_dir.join("checkpoints/best"), &opts.device)?;
-            let logits = train::logits(&best, &data.test, recipe, &opts.device, 500);
+            let logits = train::logits(&best, &data.test, &opts.device, 500);
             let predicted = train::argmax_rows(&logits, data.classes.len());
             let truth: Vec<usize> = data.test.labels.iter().map(|&l| l as usize).collect();
             let labels: Vec<&str> = data.classes.iter().map(String::as_str).collect();

@@ -17,7 +17,7 @@ use infera_train::plots::EpochRecord;
 
 use crate::augment::augment;
 use crate::model::Classifier;
-use crate::recipe::{OptimizerName, Recipe};
+use crate::recipe::{AugmentConfig, OptimizerName, Recipe};
 
 /// Called after every epoch with its record (checkpointing, logging, MLflow).
 pub trait EpochSink {
@@ -37,20 +37,19 @@ pub struct TrainSummary {
     pub final_model: Classifier,
 }
 
-/// Raw pixels of `split[indices]` as a `[N, 1, H, W]` tensor, augmented when `rng` is given.
+/// Raw pixels of `split[indices]` as a `[N, 1, H, W]` tensor, augmented when asked.
 fn batch_tensor(
     split: &Split,
     indices: &[usize],
-    recipe: &Recipe,
-    rng: Option<&mut Rng>,
+    augmentation: Option<(&AugmentConfig, &mut Rng)>,
     device: &Device,
 ) -> Tensor<4> {
     let (h, w) = (split.rows, split.cols);
     let mut pixels = vec![0f32; indices.len() * h * w];
-    match rng {
-        Some(rng) => {
+    match augmentation {
+        Some((cfg, rng)) => {
             for (out, &i) in pixels.chunks_exact_mut(h * w).zip(indices) {
-                augment(split.image(i), w, h, &recipe.augment, rng, out);
+                augment(split.image(i), w, h, cfg, rng, out);
             }
         }
         None => {
@@ -73,17 +72,11 @@ fn label_tensor(split: &Split, indices: &[usize], device: &Device) -> Tensor<1, 
 }
 
 /// Logits `[N × classes]` (row-major) of a model in inference mode over a whole split.
-pub fn logits(
-    model: &Classifier,
-    split: &Split,
-    recipe: &Recipe,
-    device: &Device,
-    batch: usize,
-) -> Vec<f32> {
+pub fn logits(model: &Classifier, split: &Split, device: &Device, batch: usize) -> Vec<f32> {
     let mut out = Vec::new();
     let all: Vec<usize> = (0..split.len()).collect();
     for chunk in all.chunks(batch.max(1)) {
-        let x = batch_tensor(split, chunk, recipe, None, device);
+        let x = batch_tensor(split, chunk, None, device);
         let y = model.forward(x).into_data();
         out.extend(y.iter::<f32>());
     }
@@ -186,7 +179,7 @@ pub fn train(
                 (epoch - 1) as f64 + step as f64 / steps as f64,
                 epochs,
             );
-            let x = batch_tensor(train, idx, recipe, Some(&mut rng), &ad);
+            let x = batch_tensor(train, idx, Some((&recipe.augment, &mut rng)), &ad);
             let y = label_tensor(train, idx, &ad);
             let out = model.forward(x);
             let loss = loss_fn.forward(out.clone(), y.clone());
@@ -210,7 +203,7 @@ pub fn train(
         bar.finish_and_clear();
         let train_seconds = started.elapsed().as_secs_f64();
         let eval = model.valid();
-        let val_logits = logits(&eval, validation, recipe, device, 500);
+        let val_logits = logits(&eval, validation, device, 500);
         let (val_loss, val_acc) = loss_and_accuracy(&val_logits, &validation.labels, classes);
         let record = EpochRecord {
             epoch,
