@@ -8,6 +8,7 @@ mod export;
 mod mlflow;
 mod model;
 mod onnx;
+mod prune;
 mod recipe;
 mod run;
 mod sweep;
@@ -42,6 +43,8 @@ enum Command {
     Sweep(SweepArgs),
     /// Checkpoint → ONNX (BatchNorm folded, normalisation inside) → model-repository entry.
     Export(ExportArgs),
+    /// Magnitude pruning of a checkpoint (--structured: whole channels), fine-tuning, export.
+    Prune(PruneArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -176,6 +179,64 @@ struct ExportArgs {
     onnxruntime_lib: Option<PathBuf>,
 }
 
+#[derive(Args)]
+#[command(after_help = "\
+Prunes a trained checkpoint by weight magnitude, fine-tunes it with the recipe (--config and
+KEY=VALUE overrides; epochs and learning rate from the flags below) starting from the pruned
+weights, and evaluates the original, the pruned and the fine-tuned model on the test set.
+
+  --structured   removes the whole conv channels and hidden units with the smallest L1 norm
+                 (cnn architecture): the model gets narrower and its ONNX file smaller.
+  (default)      zeroes the smallest weights of each layer and keeps them at zero while
+                 fine-tuning: same file size, sparse weights.
+
+Writes <runs-dir>/<id>/ like `infera train` plus prune.json; with --model-repository the
+fine-tuned checkpoint is exported (parity-checked) as <name>.
+
+Example:
+  infera optimize prune --checkpoint examples/checkpoints/fashion_mnist --amount 0.3 \\
+      --structured --finetune-epochs 1 --model-repository /tmp/repo --name fashion_mnist_pruned")]
+struct PruneArgs {
+    #[command(flatten)]
+    common: Common,
+
+    /// Checkpoint folder (model.safetensors + config.json).
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+
+    /// Share of channels (structured) or weights (unstructured) to remove, 0 < amount < 1.
+    #[arg(long)]
+    amount: f64,
+
+    /// Remove whole channels (the model and its file shrink) instead of single weights.
+    #[arg(long)]
+    structured: bool,
+
+    /// Fine-tuning epochs after pruning (0: none).
+    #[arg(long, default_value_t = 1)]
+    finetune_epochs: usize,
+
+    /// Peak learning rate for fine-tuning (lower than training's: the weights are close).
+    #[arg(long, default_value_t = 0.0005)]
+    finetune_lr: f64,
+
+    /// Run id (folder name). Default: date-time and "pruned".
+    #[arg(long)]
+    run_id: Option<String>,
+
+    /// Export the fine-tuned model into this model repository.
+    #[arg(long, value_name = "DIR")]
+    model_repository: Option<PathBuf>,
+
+    /// Model name in the repository.
+    #[arg(long, default_value = "fashion_mnist_pruned")]
+    name: String,
+
+    /// Path to libonnxruntime (export parity check).
+    #[arg(long, env = "INFERA_ONNXRUNTIME_LIB", value_name = "PATH")]
+    onnxruntime_lib: Option<PathBuf>,
+}
+
 fn load_recipe(common: &Common) -> anyhow::Result<(Recipe, toml::Table)> {
     let table = infera_train::config::load(&common.config, &common.overrides)?;
     let recipe = Recipe::from_table(table.clone())
@@ -192,6 +253,7 @@ fn options(common: &Common, run_dir: PathBuf, evaluate_test: bool) -> run::RunOp
         evaluate_test,
         mlflow_uri: common.mlflow_uri.clone(),
         mlflow_experiment: common.mlflow_experiment.clone(),
+        start: Default::default(),
     }
 }
 
@@ -202,7 +264,7 @@ fn train_cmd(args: TrainArgs) -> anyhow::Result<()> {
     if run_dir.join("metrics.json").exists() {
         bail!("run {} exists; pass another --run-id", run_dir.display());
     }
-    let result = run::run(&recipe, &table, &options(&args.common, run_dir, true))?;
+    let result = run::run(&recipe, &table, options(&args.common, run_dir, true))?;
     println!(
         "\nrun {}: best epoch {} (validation accuracy {:.2}%), {:.1} s/epoch",
         result.run_dir.display(),
@@ -282,6 +344,141 @@ fn export_cmd(args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn prune_cmd(args: PruneArgs) -> anyhow::Result<()> {
+    use burn::module::Module;
+    if !(args.amount > 0.0 && args.amount < 1.0) {
+        bail!(
+            "--amount must be between 0 and 1 (e.g. 0.3), got {}",
+            args.amount
+        );
+    }
+    let device = args.common.backend.device();
+    let (model, cfg) = checkpoint::load(&args.checkpoint, &device)?;
+    let (mut recipe, _) = load_recipe(&args.common)?;
+    let data = dataset::load(&recipe.data)?;
+    if data.classes.len() != cfg.classes.len() {
+        bail!(
+            "the checkpoint has {} classes but the data set has {}",
+            cfg.classes.len(),
+            data.classes.len()
+        );
+    }
+    let classes = cfg.classes.len();
+    let test_accuracy = |m: &model::Classifier| -> f64 {
+        let logits = train::logits(m, &data.test, &device, 500);
+        let predicted = train::argmax_rows(&logits, classes);
+        let right = predicted
+            .iter()
+            .zip(&data.test.labels)
+            .filter(|(p, l)| **p == **l as usize)
+            .count();
+        right as f64 / data.test.len().max(1) as f64
+    };
+    let original = test_accuracy(&model);
+    let (_, params_before) = prune::sparsity(&model);
+    let (pruned, arch, masks) = if args.structured {
+        let (p, a) = prune::structured(&model, &cfg.model, classes, args.amount, &device)?;
+        (p, a, None)
+    } else {
+        let mut mag = prune::Magnitude {
+            amount: args.amount,
+            masks: Default::default(),
+        };
+        let p = model.clone().map(&mut mag);
+        (p, cfg.model.clone(), Some(mag.masks))
+    };
+    let (sparsity, params_after) = prune::sparsity(&pruned);
+    let after_pruning = test_accuracy(&pruned);
+    println!(
+        "pruned {}: {params_before} -> {params_after} parameters, {:.1}% zero weights; test accuracy {:.2}% -> {:.2}% before fine-tuning",
+        if args.structured {
+            "channels"
+        } else {
+            "weights"
+        },
+        100.0 * sparsity,
+        100.0 * original,
+        100.0 * after_pruning
+    );
+
+    let id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-pruned", chrono::Local::now().format("%Y%m%d-%H%M%S")));
+    let run_dir = args.common.runs_dir.join(&id);
+    if run_dir.join("prune.json").exists() {
+        bail!("run {} exists; pass another --run-id", run_dir.display());
+    }
+    let best = run_dir.join("checkpoints/best");
+    let fine_tuned = if args.finetune_epochs > 0 {
+        recipe.model = arch.clone();
+        recipe.train.epochs = args.finetune_epochs;
+        recipe.optimizer.lr = args.finetune_lr;
+        recipe.train.early_stopping_patience = 0;
+        recipe.schedule.warmup_epochs = 0;
+        let table = toml::Table::try_from(&recipe)?;
+        let mut opts = options(&args.common, run_dir.clone(), true);
+        opts.start = train::Start {
+            model: Some(pruned),
+            after_step: masks.map(|m| {
+                Box::new(move |c: model::Classifier| c.map(&mut prune::KeepZero(&m)))
+                    as Box<dyn Fn(model::Classifier) -> model::Classifier>
+            }),
+        };
+        let result = run::run(&recipe, &table, opts)?;
+        result.test.map(|t| t.accuracy)
+    } else {
+        let mut c = cfg.clone();
+        c.model = arch.clone();
+        checkpoint::save(&best, &pruned, &c)?;
+        None
+    };
+    let (tuned_model, _) = checkpoint::load(&best, &device)?;
+    let (final_sparsity, final_params) = prune::sparsity(&tuned_model);
+    let summary = serde_json::json!({
+        "checkpoint": args.checkpoint,
+        "amount": args.amount,
+        "structured": args.structured,
+        "architecture_before": cfg.model,
+        "architecture_after": arch,
+        "params_before": params_before,
+        "params_after": final_params,
+        "zero_weights": final_sparsity,
+        "finetune_epochs": args.finetune_epochs,
+        "test_accuracy": {
+            "original": original,
+            "pruned": after_pruning,
+            "fine_tuned": fine_tuned,
+        },
+        "pruned_checkpoint": best,
+    });
+    std::fs::create_dir_all(&run_dir)?;
+    std::fs::write(
+        run_dir.join("prune.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    println!(
+        "test accuracy: original {:.2}%, pruned {:.2}%, fine-tuned {}; checkpoint {}",
+        100.0 * original,
+        100.0 * after_pruning,
+        fine_tuned.map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
+        best.display()
+    );
+    if let Some(repo) = args.model_repository {
+        export_cmd(ExportArgs {
+            checkpoint: best,
+            model_repository: repo,
+            name: args.name,
+            version: 1,
+            max_batch_size: 64,
+            parity_images: 1000,
+            data_dir: recipe.data.dir.clone(),
+            onnxruntime_lib: args.onnxruntime_lib,
+        })?;
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -295,6 +492,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(a) => train_cmd(a),
         Command::Sweep(a) => sweep::run(&a.common, &a.grid),
         Command::Export(a) => export_cmd(a),
+        Command::Prune(a) => prune_cmd(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

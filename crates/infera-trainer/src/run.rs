@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub evaluate_test: bool,
     pub mlflow_uri: Option<String>,
     pub mlflow_experiment: String,
+    /// Start from these weights instead of a fresh model (fine-tuning).
+    pub start: train::Start,
 }
 
 pub struct RunResult {
@@ -111,8 +113,10 @@ impl EpochSink for Sink<'_> {
 pub fn run(
     recipe: &Recipe,
     resolved: &toml::Table,
-    opts: &RunOptions,
+    mut opts: RunOptions,
 ) -> anyhow::Result<RunResult> {
+    let start = std::mem::take(&mut opts.start);
+    let opts = &opts;
     let run_dir = &opts.run_dir;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
@@ -176,6 +180,7 @@ pub fn run(
             &opts.device,
             opts.progress,
             &mut sink,
+            start,
         )?;
         let last = outcome.history.last().context("no epoch ran")?.clone();
         checkpoint::save(

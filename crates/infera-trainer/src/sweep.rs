@@ -77,7 +77,7 @@ pub fn run(common: &Common, grid: &[String]) -> anyhow::Result<()> {
         let result = run::run(
             &recipe,
             &table,
-            &options(common, sweep_dir.join(&name), false),
+            options(common, sweep_dir.join(&name), false),
         )
         .map(|r| (r.best_val_accuracy, r.best_epoch, r.seconds_per_epoch))
         .map_err(|e| format!("{e:#}"));

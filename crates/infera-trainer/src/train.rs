@@ -127,7 +127,16 @@ fn optimizer(recipe: &Recipe) -> ModuleOptimizer {
     }
 }
 
+/// Where training starts and what it keeps fixed: fine-tuning a pruned model starts from its
+/// weights and keeps its pruned weights at zero after every step.
+#[derive(Default)]
+pub struct Start {
+    pub model: Option<Classifier>,
+    pub after_step: Option<Box<dyn Fn(Classifier) -> Classifier>>,
+}
+
 /// Trains `recipe.model` on `train`, choosing by accuracy on `validation`.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     recipe: &Recipe,
     classes: usize,
@@ -136,10 +145,14 @@ pub fn train(
     device: &Device,
     show_progress: bool,
     sink: &mut dyn EpochSink,
+    start: Start,
 ) -> anyhow::Result<TrainSummary> {
     device.seed(recipe.seed);
     let ad = device.clone().autodiff();
-    let mut model = recipe.model.init(classes, &ad);
+    let mut model = match start.model {
+        Some(m) => m.to_device(&ad).train(),
+        None => recipe.model.init(classes, &ad),
+    };
     let mut optim = optimizer(recipe);
     let mut loss_fn = CrossEntropyLossConfig::new();
     if recipe.train.label_smoothing > 0.0 {
@@ -188,6 +201,9 @@ pub fn train(
             let loss_value: f32 = loss.clone().detach().into_scalar::<f32>();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
+            if let Some(f) = &start.after_step {
+                model = f(model);
+            }
             loss_sum += f64::from(loss_value) * idx.len() as f64;
             correct += hits as usize;
             seen += idx.len();

@@ -2,6 +2,7 @@
 
 mod embedded;
 mod evaluate;
+mod optimize;
 mod predict;
 mod serve;
 mod trainer;
@@ -41,13 +42,17 @@ enum Command {
     /// Export a training checkpoint to ONNX as a model-repository entry, parity-checked.
     #[command(disable_help_flag = true)]
     Export(Forwarded),
+    /// Shrink a model: INT8 quantization, graph clean-up, pruning of checkpoints.
+    Optimize(optimize::OptimizeArgs),
+    /// Compare models: size, parameters, FLOPs per layer, latency, throughput, accuracy.
+    Report(optimize::ReportArgs),
 }
 
 /// Arguments passed through to the trainer (`infera train --help` shows them).
 #[derive(clap::Args)]
-struct Forwarded {
+pub(crate) struct Forwarded {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
-    args: Vec<std::ffi::OsString>,
+    pub(crate) args: Vec<std::ffi::OsString>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +64,8 @@ fn main() -> std::process::ExitCode {
         Command::Train(f) => trainer::run("train", f.args),
         Command::Sweep(f) => trainer::run("sweep", f.args),
         Command::Export(f) => trainer::run("export", f.args),
+        Command::Optimize(args) => optimize::run(args),
+        Command::Report(args) => optimize::report_cmd(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

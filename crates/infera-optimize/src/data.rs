@@ -1,0 +1,177 @@
+//! Images for calibration and accuracy: the Fashion-MNIST set or a folder of images, brought
+//! to the model's input shape as raw FP32 pixels 0..255 (what infera's models and the
+//! `fashion_preprocess` model produce).
+
+use std::path::{Path, PathBuf};
+
+use infera_core::tensor::Tensor;
+use infera_train::data::{self, Part};
+
+use crate::OptimizeError;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// The IDX files in `dir`.
+    FashionMnist { dir: PathBuf, part: Part },
+    /// Image files, in class subfolders (`DIR/<class>/*.png`) or flat (no labels).
+    Folder(PathBuf),
+}
+
+impl Source {
+    /// `fashion-mnist[:train|:test]`, or a folder of images.
+    pub fn parse(s: &str, fashion_dir: &Path, default_part: Part) -> Source {
+        let part = match s {
+            "fashion-mnist" | "fashion_mnist" => Some(default_part),
+            "fashion-mnist:train" | "fashion_mnist:train" | "train" => Some(Part::Train),
+            "fashion-mnist:test" | "fashion_mnist:test" | "test" => Some(Part::Test),
+            _ => None,
+        };
+        match part {
+            Some(part) => Source::FashionMnist {
+                dir: fashion_dir.to_path_buf(),
+                part,
+            },
+            None => Source::Folder(PathBuf::from(s)),
+        }
+    }
+}
+
+/// Images as one flat FP32 buffer of `count` items of `item` = [C, H, W] values each.
+pub struct Images {
+    pub pixels: Vec<f32>,
+    pub labels: Option<Vec<usize>>,
+    pub item: Vec<usize>,
+    pub count: usize,
+}
+
+impl Images {
+    pub fn item_len(&self) -> usize {
+        self.item.iter().product()
+    }
+
+    /// Items `start..end` as a batch tensor [n, C, H, W].
+    pub fn batch(&self, start: usize, end: usize) -> Result<Tensor, OptimizeError> {
+        let k = self.item_len();
+        let mut shape = vec![end - start];
+        shape.extend(&self.item);
+        Tensor::from_slice(shape, &self.pixels[start * k..end * k])
+            .map_err(|e| OptimizeError::Data(e.to_string()))
+    }
+}
+
+/// Loads up to `limit` images shaped `item` ([C, H, W] with C = 1 or 3). Fashion-MNIST
+/// needs `item` to be [1, 28, 28]; folder images are decoded, converted and resized.
+pub fn load(
+    source: &Source,
+    item: &[usize],
+    limit: Option<usize>,
+) -> Result<Images, OptimizeError> {
+    let [c, h, w] = item else {
+        return Err(OptimizeError::Data(format!(
+            "the model's input is {item:?} per image; images need [channels, height, width]"
+        )));
+    };
+    match source {
+        Source::FashionMnist { dir, part } => {
+            if (*c, *h, *w) != (1, 28, 28) {
+                return Err(OptimizeError::Data(format!(
+                    "Fashion-MNIST images are [1, 28, 28] but the model takes {item:?}; use a folder of images"
+                )));
+            }
+            let mut set = data::load(dir, *part).map_err(|e| OptimizeError::Data(e.to_string()))?;
+            if let Some(n) = limit {
+                set = set.take(n);
+            }
+            Ok(Images {
+                pixels: set.images.iter().map(|&p| p as f32).collect(),
+                labels: Some(set.labels.iter().map(|&l| l as usize).collect()),
+                item: item.to_vec(),
+                count: set.len(),
+            })
+        }
+        Source::Folder(root) => load_folder(root, *c, *h as u32, *w as u32, limit),
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, OptimizeError> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| OptimizeError::Io {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn load_folder(
+    root: &Path,
+    c: usize,
+    h: u32,
+    w: u32,
+    limit: Option<usize>,
+) -> Result<Images, OptimizeError> {
+    let entries = read_dir_sorted(root)?;
+    let classes: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
+    let mut files: Vec<(PathBuf, Option<usize>)> = Vec::new();
+    if classes.is_empty() {
+        files.extend(
+            entries
+                .iter()
+                .filter(|p| p.is_file())
+                .map(|p| (p.clone(), None)),
+        );
+    } else {
+        for (k, dir) in classes.iter().enumerate() {
+            for f in read_dir_sorted(dir)?.into_iter().filter(|p| p.is_file()) {
+                files.push((f, Some(k)));
+            }
+        }
+    }
+    if let Some(n) = limit.filter(|&n| n < files.len()) {
+        // Evenly spaced, so a limited set still covers every class folder.
+        let step = files.len() as f64 / n as f64;
+        files = (0..n)
+            .map(|i| files[(i as f64 * step) as usize].clone())
+            .collect();
+    }
+    if files.is_empty() {
+        return Err(OptimizeError::Data(format!(
+            "no images in {} (expected image files, or class folders of them)",
+            root.display()
+        )));
+    }
+    let mut pixels = Vec::with_capacity(files.len() * c * (h * w) as usize);
+    for (path, _) in &files {
+        let img = image::open(path).map_err(|e| {
+            OptimizeError::Data(format!("cannot read image {}: {e}", path.display()))
+        })?;
+        let img = img.resize_exact(w, h, image::imageops::FilterType::Triangle);
+        match c {
+            1 => pixels.extend(img.to_luma8().pixels().map(|p| p.0[0] as f32)),
+            3 => {
+                let rgb = img.to_rgb8();
+                for ch in 0..3 {
+                    pixels.extend(rgb.pixels().map(|p| p.0[ch] as f32));
+                }
+            }
+            _ => {
+                return Err(OptimizeError::Data(format!(
+                    "the model takes {c} channels per image; images give 1 (gray) or 3 (RGB)"
+                )));
+            }
+        }
+    }
+    let labels = if classes.is_empty() {
+        None
+    } else {
+        Some(files.iter().map(|(_, l)| l.unwrap_or(0)).collect())
+    };
+    Ok(Images {
+        pixels,
+        labels,
+        item: vec![c, h as usize, w as usize],
+        count: files.len(),
+    })
+}
