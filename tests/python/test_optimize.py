@@ -201,7 +201,7 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path):
 def test_structured_pruning_with_fine_tuning(tmp_path, make_server):
     repo = tmp_path / "repo"
     r = infera("optimize", "prune", "--checkpoint", CHECKPOINT, "--amount", "0.3", "--structured",
-               "--finetune-epochs", 1, "--config", CONFIG, "--runs-dir", tmp_path / "runs",
+               "--finetune-epochs", 2, "--config", CONFIG, "--runs-dir", tmp_path / "runs",
                "--run-id", "p30", "--no-progress", "--model-repository", repo,
                "--name", "fashion_mnist_pruned", timeout=1800)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -31,12 +31,8 @@ pub fn load(path: &Path) -> Result<ModelProto, OptimizeError> {
     Ok(model)
 }
 
-pub fn encode(model: &ModelProto) -> Vec<u8> {
-    model.encode_to_vec()
-}
-
 pub fn save(model: &ModelProto, path: &Path) -> Result<u64, OptimizeError> {
-    let bytes = encode(model);
+    let bytes = model.encode_to_vec();
     let io = |e: std::io::Error| OptimizeError::Io {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -152,15 +148,6 @@ pub fn i32_tensor(name: &str, dims: &[i64], v: &[i32]) -> TensorProto {
     )
 }
 
-pub fn i64_tensor(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
-    raw(
-        name,
-        dims,
-        DataType::Int64,
-        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-    )
-}
-
 pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
     NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
@@ -210,10 +197,6 @@ pub fn attr_f(node: &NodeProto, name: &str) -> Option<f32> {
     attr(node, name).map(|a| a.f)
 }
 
-pub fn attr_is(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
-    attr(node, name).map(|a| a.ints.clone())
-}
-
 /// A tensor-typed value (element type only, any shape): what extra graph outputs need.
 pub fn value_info(name: &str, data_type: DataType) -> ValueInfoProto {
     ValueInfoProto {
@@ -251,11 +234,6 @@ pub fn dims(v: &ValueInfoProto) -> Option<Vec<Option<i64>>> {
             })
             .collect(),
     )
-}
-
-pub fn elem_type(v: &ValueInfoProto) -> Option<i32> {
-    let pb::type_proto::Value::TensorType(t) = v.r#type.as_ref()?.value.as_ref()?;
-    Some(t.elem_type)
 }
 
 /// Graph inputs that are not initializers (older exporters list weights as inputs too).

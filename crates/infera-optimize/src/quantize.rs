@@ -463,22 +463,7 @@ pub fn quantize_dynamic(
     let old = std::mem::take(&mut g.node);
     let mut nodes = Vec::with_capacity(old.len());
     for n in old {
-        let ok = COMPUTE.contains(&n.op_type.as_str())
-            && n.domain.is_empty()
-            && n.input.get(1).and_then(|w| inits.get(w)).is_some_and(|&w| {
-                let t = &g.initializer[w];
-                t.data_type == DataType::Float as i32
-                    && match n.op_type.as_str() {
-                        "Conv" => t.dims.len() >= 3,
-                        "Gemm" => {
-                            t.dims.len() == 2
-                                && graph::attr_i(&n, "transA").unwrap_or(0) == 0
-                                && graph::attr_f(&n, "alpha").unwrap_or(1.0) == 1.0
-                                && graph::attr_f(&n, "beta").unwrap_or(1.0) == 1.0
-                        }
-                        _ => t.dims.len() == 2,
-                    }
-            });
+        let ok = quantizable(g, &n, &inits);
         if !ok {
             nodes.push(n);
             continue;
@@ -559,6 +544,12 @@ pub fn quantize_dynamic(
             &[&xq, &qn, &xz, &zn],
             &[&acc],
         );
+        // The integer node takes the layer's name, so reports still say which layer it is.
+        core.name = if n.name.is_empty() {
+            acc.clone()
+        } else {
+            n.name.clone()
+        };
         if is_conv {
             core.attribute = n.attribute.clone();
         }
