@@ -354,9 +354,11 @@ pub fn quantize_static(
         let (s, z) = &qdq_of[src];
         let input = renamed_output.get(a).map(String::as_str).unwrap_or(a);
         let q = names.fresh(&format!("{a}_quantized"));
+        // Fresh node names: a graph output's name may also be its producer's node name.
+        let dq_node = names.fresh(&format!("{a}_dequantize"));
         vec![
             graph::node("QuantizeLinear", &q, &[input, s, z], &[&q]),
-            graph::node("DequantizeLinear", &dq_name[a], &[&q, s, z], &[&dq_name[a]]),
+            graph::node("DequantizeLinear", &dq_node, &[&q, s, z], &[&dq_name[a]]),
         ]
     };
     let mut nodes = prologue;
@@ -567,7 +569,9 @@ pub fn quantize_dynamic(
         } else {
             n.output[0].clone()
         };
-        nodes.push(graph::node("Mul", &scaled, &[&scaled_x, &sn], &[&scaled]));
+        // Node names stay unique: exporters often name a node after its output.
+        let mul_name = names.fresh(&format!("{}_rescale", n.output[0]));
+        nodes.push(graph::node("Mul", &mul_name, &[&scaled_x, &sn], &[&scaled]));
         if has_bias {
             let b = n.input[2].clone();
             let b = if is_conv {
@@ -584,9 +588,10 @@ pub fn quantize_dynamic(
             } else {
                 b
             };
+            let add_name = names.fresh(&format!("{}_add_bias", n.output[0]));
             nodes.push(graph::node(
                 "Add",
-                &n.output[0],
+                &add_name,
                 &[&scaled, &b],
                 &[&n.output[0]],
             ));

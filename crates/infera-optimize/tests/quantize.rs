@@ -70,13 +70,14 @@ fn model(
     }
 }
 
-/// x [N,2] → Gemm(W1, b1) → Relu → Gemm(W2, b2) → y [N,1].
+/// x [N,2] → Gemm(W1, b1) → Relu → Gemm(W2, b2) → y [N,1]. Nodes are named after their
+/// outputs, as many exporters (and ours) do.
 fn tiny_mlp() -> pb::ModelProto {
     model(
         vec![
-            graph::node("Gemm", "fc1", &["x", "w1", "b1"], &["h"]),
-            graph::node("Relu", "relu", &["h"], &["r"]),
-            graph::node("Gemm", "fc2", &["r", "w2", "b2"], &["y"]),
+            graph::node("Gemm", "h", &["x", "w1", "b1"], &["h"]),
+            graph::node("Relu", "r", &["h"], &["r"]),
+            graph::node("Gemm", "y", &["r", "w2", "b2"], &["y"]),
         ],
         vec![
             graph::f32_tensor("w1", &[2, 2], &[1.0, -0.5, 0.25, 2.0]),
@@ -187,6 +188,40 @@ fn static_quantization_of_a_tiny_model_gives_hand_computed_values() {
     let y = run(rt, &q, &[1.0, 0.0], vec![1, 2]);
     let expected = 0.5 * 1.1 + 0.3;
     assert!((y[0] - expected).abs() < 0.03, "{y:?} vs {expected}");
+}
+
+#[test]
+fn quantized_outputs_keep_their_names_and_run() {
+    let m = tiny_mlp();
+    let opts = Options {
+        mode: Mode::Static,
+        per_channel: false,
+        quantize_outputs: true,
+    };
+    let plan = quantize::plan(&m, &opts);
+    assert_eq!(plan.activations, vec!["x", "r", "y"]);
+    let ranges: HashMap<String, (f32, f32)> = [
+        ("x".to_string(), (0.0, 2.55)),
+        ("r".to_string(), (0.0, 5.1)),
+        ("y".to_string(), (-5.0, 5.0)),
+    ]
+    .into();
+    let (q, _) = quantize::quantize_static(&m, &plan, &ranges, &opts).unwrap();
+    let g = graph::graph(&q);
+    assert_eq!(g.output[0].name, "y");
+    let mut names: Vec<&str> = g.node.iter().map(|n| n.name.as_str()).collect();
+    names.sort();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(names.len(), before, "node names must be unique");
+    let x = [0.5, 1.0, 2.0, 0.1];
+    let (a, b) = (
+        run(runtime(), &m, &x, vec![2, 2]),
+        run(runtime(), &q, &x, vec![2, 2]),
+    );
+    for (u, v) in a.iter().zip(&b) {
+        assert!((u - v).abs() < 0.06, "FP32 {a:?} vs INT8 {b:?}");
+    }
 }
 
 #[test]

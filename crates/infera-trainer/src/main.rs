@@ -212,6 +212,11 @@ struct PruneArgs {
     #[arg(long)]
     structured: bool,
 
+    /// With --structured: round the channels kept per layer to a multiple of this (8 fills
+    /// the CPU's SIMD blocks; 1 keeps exactly 1 - amount).
+    #[arg(long, default_value_t = 1)]
+    channel_multiple: usize,
+
     /// Fine-tuning epochs after pruning (0: none).
     #[arg(long, default_value_t = 1)]
     finetune_epochs: usize,
@@ -377,7 +382,14 @@ fn prune_cmd(args: PruneArgs) -> anyhow::Result<()> {
     let original = test_accuracy(&model);
     let (_, params_before) = prune::sparsity(&model);
     let (pruned, arch, masks) = if args.structured {
-        let (p, a) = prune::structured(&model, &cfg.model, classes, args.amount, &device)?;
+        let (p, a) = prune::structured(
+            &model,
+            &cfg.model,
+            classes,
+            args.amount,
+            args.channel_multiple,
+            &device,
+        )?;
         (p, a, None)
     } else {
         let mut mag = prune::Magnitude {

@@ -51,8 +51,15 @@ pub fn top(scores: &[f32], n: usize) -> Vec<usize> {
     idx
 }
 
-fn kept(count: usize, amount: f64) -> usize {
-    ((count as f64 * (1.0 - amount)).round() as usize).clamp(1, count)
+/// How many of `count` channels stay, rounded to a multiple of `multiple` (SIMD kernels work
+/// in blocks of 8 or 16 channels: 24 channels can run faster than 22).
+fn kept(count: usize, amount: f64, multiple: usize) -> usize {
+    let n = ((count as f64 * (1.0 - amount)).round() as usize).clamp(1, count);
+    let m = multiple.max(1);
+    if m == 1 || count < m {
+        return n;
+    }
+    (((n as f64 / m as f64).round() as usize) * m).clamp(m, count)
 }
 
 /// L1 norm of each output channel of a conv+BN block, with the BN scale applied.
@@ -108,6 +115,7 @@ pub fn structured(
     arch: &Architecture,
     classes: usize,
     amount: f64,
+    multiple: usize,
     device: &Device,
 ) -> anyhow::Result<(Classifier, Architecture)> {
     let (Classifier::Cnn(m), Architecture::Cnn { dropout, .. }) = (model, arch) else {
@@ -118,11 +126,11 @@ pub fn structured(
     };
     let keep1 = top(
         &conv_importance(&m.block1)?,
-        kept(m.block1.bn.gamma.val().dims()[0], amount),
+        kept(m.block1.bn.gamma.val().dims()[0], amount, multiple),
     );
     let keep2 = top(
         &conv_importance(&m.block2)?,
-        kept(m.block2.bn.gamma.val().dims()[0], amount),
+        kept(m.block2.bn.gamma.val().dims()[0], amount, multiple),
     );
     let [fc_in, hidden] = m.fc1.weight.val().dims();
     let spatial = fc_in / m.block2.bn.gamma.val().dims()[0];
@@ -136,7 +144,7 @@ pub fn structured(
     let hidden_scores: Vec<f32> = (0..hidden)
         .map(|j| (0..rows.len()).map(|i| fc1_w[i * hidden + j].abs()).sum())
         .collect();
-    let keep_h = top(&hidden_scores, kept(hidden, amount));
+    let keep_h = top(&hidden_scores, kept(hidden, amount, multiple));
 
     let new_arch = Architecture::Cnn {
         channels: [keep1.len(), keep2.len()],
@@ -281,8 +289,13 @@ mod tests {
     fn top_keeps_the_largest_in_index_order() {
         assert_eq!(top(&[0.1, 5.0, 0.3, 4.0], 2), vec![1, 3]);
         assert_eq!(top(&[1.0, 1.0, 1.0], 2), vec![0, 1]);
-        assert_eq!(kept(32, 0.3), 22);
-        assert_eq!(kept(1, 0.99), 1);
+        assert_eq!(kept(32, 0.3, 1), 22);
+        assert_eq!(kept(1, 0.99, 1), 1);
+        // Rounded to blocks of 8: 22.4 -> 24, 44.8 -> 48, 89.6 -> 88; never below one block.
+        assert_eq!(kept(32, 0.3, 8), 24);
+        assert_eq!(kept(64, 0.3, 8), 48);
+        assert_eq!(kept(128, 0.3, 8), 88);
+        assert_eq!(kept(16, 0.9, 8), 8);
     }
 
     #[test]
@@ -294,7 +307,7 @@ mod tests {
             dropout: 0.0,
         };
         let model = arch.init(3, &device).valid();
-        let (pruned, new_arch) = structured(&model, &arch, 3, 0.5, &device).unwrap();
+        let (pruned, new_arch) = structured(&model, &arch, 3, 0.5, 1, &device).unwrap();
         assert_eq!(
             new_arch,
             Architecture::Cnn {
