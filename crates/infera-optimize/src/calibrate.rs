@@ -55,13 +55,7 @@ pub fn ranges(
     mut progress: impl FnMut(usize),
 ) -> Result<HashMap<String, (f32, f32)>, OptimizeError> {
     let g = graph::graph(model);
-    let inputs = graph::real_inputs(g);
-    let [input] = inputs.as_slice() else {
-        return Err(OptimizeError::Unsupported(format!(
-            "calibration feeds one image tensor; the model has {} inputs",
-            inputs.len()
-        )));
-    };
+    let input = graph::single_input(g)?;
     let input_name = input.name.clone();
     // Graph inputs are measured from the data; everything else is exposed as an output.
     let outputs: Vec<String> = tensors

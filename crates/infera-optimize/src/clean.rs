@@ -87,6 +87,7 @@ fn remove_identities(g: &mut GraphProto) -> usize {
                                 || !consumers.contains_key(m) && !graph::is_graph_output(g, m)
                         })))
                 && !n.input.is_empty()
+                && !n.output.is_empty()
         });
         let Some(i) = pos else { break };
         let n = g.node.remove(i);
@@ -157,7 +158,7 @@ fn fold_batchnorms(g: &mut GraphProto) -> Result<usize, OptimizeError> {
         let w_init = g.initializer[inits[&conv.input[1]]].clone();
         let mut w = graph::floats(&w_init)?;
         let out_c = w_init.dims[0] as usize;
-        if gamma.len() != out_c {
+        if out_c == 0 || gamma.len() != out_c {
             break;
         }
         let mut b = match conv.input.get(2).filter(|b| !b.is_empty()) {

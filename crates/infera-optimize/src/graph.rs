@@ -245,6 +245,17 @@ pub fn real_inputs(g: &GraphProto) -> Vec<&ValueInfoProto> {
         .collect()
 }
 
+/// The model's one input (an image batch); models with several inputs are refused.
+pub fn single_input(g: &GraphProto) -> Result<&ValueInfoProto, OptimizeError> {
+    match real_inputs(g).as_slice() {
+        [input] => Ok(*input),
+        other => Err(OptimizeError::Unsupported(format!(
+            "the model has {} inputs; this needs one image input",
+            other.len()
+        ))),
+    }
+}
+
 pub fn initializer_index(g: &GraphProto) -> HashMap<String, usize> {
     g.initializer
         .iter()

@@ -123,7 +123,7 @@ impl Plan {
 }
 
 fn quantizable(g: &GraphProto, n: &NodeProto, inits: &HashMap<String, usize>) -> bool {
-    if !COMPUTE.contains(&n.op_type.as_str()) || !n.domain.is_empty() {
+    if !COMPUTE.contains(&n.op_type.as_str()) || !n.domain.is_empty() || n.output.is_empty() {
         return false;
     }
     let Some(&w) = n.input.get(1).and_then(|w| inits.get(w)) else {
@@ -182,6 +182,7 @@ pub fn plan(model: &ModelProto, opts: &Options) -> Plan {
             }
         } else if PASS_THROUGH.contains(&n.op_type.as_str())
             && n.domain.is_empty()
+            && !n.output.is_empty()
             && n.input.first().is_some_and(|x| quantized.contains(x))
             && output_ok(&n.output[0])
         {

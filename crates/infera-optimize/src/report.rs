@@ -178,7 +178,7 @@ pub fn analyze(
     };
     let mut layers = Vec::new();
     for n in &g.node {
-        if !COMPUTE_OPS.contains(&n.op_type.as_str()) {
+        if !COMPUTE_OPS.contains(&n.op_type.as_str()) || n.input.is_empty() || n.output.is_empty() {
             continue;
         }
         let (x, w) = match n.op_type.as_str() {
@@ -399,13 +399,7 @@ pub fn argmax(row: &[f32]) -> usize {
 /// The per-image input dims [C, H, W] of a model with one batched image input.
 pub fn item_dims(model: &ModelProto) -> Result<Vec<usize>, OptimizeError> {
     let g = graph::graph(model);
-    let inputs = graph::real_inputs(g);
-    let [input] = inputs.as_slice() else {
-        return Err(OptimizeError::Unsupported(format!(
-            "the model has {} inputs; this needs one image input",
-            inputs.len()
-        )));
-    };
+    let input = graph::single_input(g)?;
     let dims = graph::dims(input).unwrap_or_default();
     let item: Option<Vec<usize>> = dims.iter().skip(1).map(|d| d.map(|v| v as usize)).collect();
     match item {

@@ -90,6 +90,14 @@ fn tiny_mlp() -> pb::ModelProto {
     )
 }
 
+fn options(mode: Mode, per_channel: bool, quantize_outputs: bool) -> Options {
+    Options {
+        mode,
+        per_channel,
+        quantize_outputs,
+    }
+}
+
 fn init<'a>(m: &'a pb::ModelProto, name: &str) -> &'a pb::TensorProto {
     graph::graph(m)
         .initializer
@@ -133,11 +141,7 @@ fn scale_and_zero_point_formulas() {
 #[test]
 fn static_quantization_of_a_tiny_model_gives_hand_computed_values() {
     let m = tiny_mlp();
-    let opts = Options {
-        mode: Mode::Static,
-        per_channel: false,
-        quantize_outputs: false,
-    };
+    let opts = options(Mode::Static, false, false);
     let plan = quantize::plan(&m, &opts);
     // The ReLU folds into fc1; x and fc1's (ReLU'd) output are quantized, y stays FP32.
     assert_eq!(plan.activations, vec!["x".to_string(), "r".to_string()]);
@@ -193,11 +197,7 @@ fn static_quantization_of_a_tiny_model_gives_hand_computed_values() {
 #[test]
 fn quantized_outputs_keep_their_names_and_run() {
     let m = tiny_mlp();
-    let opts = Options {
-        mode: Mode::Static,
-        per_channel: false,
-        quantize_outputs: true,
-    };
+    let opts = options(Mode::Static, false, true);
     let plan = quantize::plan(&m, &opts);
     assert_eq!(plan.activations, vec!["x", "r", "y"]);
     let ranges: HashMap<String, (f32, f32)> = [
@@ -227,11 +227,7 @@ fn quantized_outputs_keep_their_names_and_run() {
 #[test]
 fn per_channel_weights_get_one_scale_per_output() {
     let m = tiny_mlp();
-    let opts = Options {
-        mode: Mode::Static,
-        per_channel: true,
-        quantize_outputs: false,
-    };
+    let opts = options(Mode::Static, true, false);
     let plan = quantize::plan(&m, &opts);
     let ranges: HashMap<String, (f32, f32)> = [
         ("x".to_string(), (0.0, 2.55)),
@@ -306,11 +302,7 @@ fn percentile_ignores_rare_outliers() {
 fn dynamic_quantization_runs_and_stays_close() {
     let rt = runtime();
     let m = tiny_mlp();
-    let opts = Options {
-        mode: Mode::Dynamic,
-        per_channel: false,
-        quantize_outputs: false,
-    };
+    let opts = options(Mode::Dynamic, false, false);
     let (q, s) = quantize::quantize_dynamic(&m, &opts).unwrap();
     assert_eq!(s.quantized_layers.len(), 2);
     assert!(

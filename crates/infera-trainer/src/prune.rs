@@ -298,15 +298,20 @@ mod tests {
         assert_eq!(kept(16, 0.9, 8), 8);
     }
 
-    #[test]
-    fn structured_pruning_narrows_every_layer_and_the_model_still_runs() {
-        let device = Device::flex();
+    fn small_cnn(device: &Device) -> (Architecture, Classifier) {
         let arch = Architecture::Cnn {
             channels: [4, 6],
             hidden: 10,
             dropout: 0.0,
         };
-        let model = arch.init(3, &device).valid();
+        let model = arch.init(3, device).valid();
+        (arch, model)
+    }
+
+    #[test]
+    fn structured_pruning_narrows_every_layer_and_the_model_still_runs() {
+        let device = Device::flex();
+        let (arch, model) = small_cnn(&device);
         let (pruned, new_arch) = structured(&model, &arch, 3, 0.5, 1, &device).unwrap();
         assert_eq!(
             new_arch,
@@ -330,12 +335,7 @@ mod tests {
     #[test]
     fn magnitude_pruning_zeroes_the_smallest_share_and_fine_tuning_keeps_them_zero() {
         let device = Device::flex();
-        let arch = Architecture::Cnn {
-            channels: [4, 6],
-            hidden: 10,
-            dropout: 0.0,
-        };
-        let model = arch.init(3, &device).valid();
+        let (_, model) = small_cnn(&device);
         let mut mag = Magnitude {
             amount: 0.5,
             masks: HashMap::new(),
