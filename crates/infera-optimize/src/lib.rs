@@ -13,6 +13,8 @@ pub mod runtime;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use infera_train::metrics::argmax;
+
 use crate::data::Images;
 use crate::quantize::{Mode, Options};
 use crate::runtime::Runtime;
@@ -116,7 +118,7 @@ pub fn quantize_file(
             let (a, b) = (runtime::floats(a, "output")?, runtime::floats(b, "output")?);
             let classes = a.len() / (end - start);
             for (k, (ra, rb)) in a.chunks(classes).zip(b.chunks(classes)).enumerate() {
-                let (pa, pb) = (report::argmax(ra), report::argmax(rb));
+                let (pa, pb) = (argmax(ra), argmax(rb));
                 same += usize::from(pa == pb);
                 if let Some(l) = images.labels.as_ref().map(|l| l[start + k]) {
                     right_a += usize::from(pa == l);

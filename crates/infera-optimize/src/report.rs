@@ -378,22 +378,12 @@ pub fn accuracy(
         }
         let classes = scores.len() / n;
         for (row, &label) in scores.chunks(classes).zip(&labels[start..end]) {
-            if argmax(row) == label {
+            if infera_train::metrics::argmax(row) == label {
                 correct += 1;
             }
         }
     }
     Ok(correct as f64 / images.count.max(1) as f64)
-}
-
-pub fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-        )
-        .0
 }
 
 /// The per-image input dims [C, H, W] of a model with one batched image input.

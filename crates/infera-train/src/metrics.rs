@@ -119,6 +119,16 @@ impl Metrics {
     }
 }
 
+/// The index of the largest score (the first one on ties; NaN never wins).
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

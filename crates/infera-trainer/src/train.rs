@@ -86,14 +86,7 @@ pub fn logits(model: &Classifier, split: &Split, device: &Device, batch: usize) 
 pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
     logits
         .chunks_exact(classes)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                    if v > best.1 { (i, v) } else { best }
-                })
-                .0
-        })
+        .map(infera_train::metrics::argmax)
         .collect()
 }
 
@@ -105,7 +98,7 @@ fn loss_and_accuracy(logits: &[f32], labels: &[u8], classes: usize) -> (f64, f64
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let sum: f64 = row.iter().map(|&v| f64::from(v - max).exp()).sum();
         loss += sum.ln() - f64::from(row[label as usize] - max);
-        correct += usize::from(argmax_rows(row, classes)[0] == label as usize);
+        correct += usize::from(infera_train::metrics::argmax(row) == label as usize);
     }
     let n = labels.len().max(1) as f64;
     (loss / n, correct as f64 / n)

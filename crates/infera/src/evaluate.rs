@@ -164,15 +164,11 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
             scores.len(),
             CLASSES.len()
         );
-        predicted.extend(scores.chunks(CLASSES.len()).map(|row| {
-            row.iter()
-                .enumerate()
-                .fold(
-                    (0, f32::MIN),
-                    |best, (i, &v)| if v > best.1 { (i, v) } else { best },
-                )
-                .0
-        }));
+        predicted.extend(
+            scores
+                .chunks(CLASSES.len())
+                .map(infera_train::metrics::argmax),
+        );
         bar.set_position(end as u64);
     }
     bar.finish_and_clear();
