@@ -6,10 +6,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(["grpc_service.proto", "model_config.proto"], ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("inference_descriptor.bin"), fds.encode_to_vec())?;
+    // Messages name themselves (prost::Name), so the codec can check each against its schema
+    // before decoding it (guard.rs).
+    let mut config = prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .bytes(".")
-        .compile_fds(fds)?;
+        .codec_path("crate::guard::GuardedCodec")
+        .compile_fds_with_config(fds, config)?;
     Ok(())
 }

@@ -2,7 +2,8 @@
 //!
 //! * `POST /api/inference/batch {model, inputs, priority?, output_format?, recursive?}`
 //!   → 202 `{job_id, status: "queued", ...}`
-//! * `GET /api/inference/jobs[?status=S&limit=N]`: newest first
+//! * `GET /api/inference/jobs[?status=S&limit=N&cursor=C]`: newest first, a page at a time
+//!   (`next_cursor` fetches the next one); inputs are counted, not listed
 //! * `GET /api/inference/job/{id}[?offset=&limit=]`: status, progress, errors and a page of
 //!   results; `?download=results|errors` sends the file itself
 //! * `DELETE /api/inference/job/{id}`: cancel
@@ -15,7 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -45,6 +46,7 @@ fn error(e: JobError) -> Response {
         JobError::BadRequest { .. } => StatusCode::BAD_REQUEST,
         JobError::NotFound(_) => StatusCode::NOT_FOUND,
         JobError::Conflict(_) => StatusCode::CONFLICT,
+        JobError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
         JobError::Config(_) | JobError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     match e {
@@ -59,6 +61,22 @@ fn error(e: JobError) -> Response {
     }
 }
 
+/// Runs a blocking job-store call (SQLite with synchronous=FULL, file reads) on the
+/// blocking pool, never on the threads that serve requests.
+async fn blocking<T: Send + 'static>(
+    m: &Arc<JobManager>,
+    f: impl FnOnce(&JobManager) -> T + Send + 'static,
+) -> T {
+    let m = m.clone();
+    match tokio::task::spawn_blocking(move || f(&m)).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Inputs a job view lists; the rest are counted.
+const VIEW_INPUTS: usize = 100;
+
 fn jobs_off() -> Response {
     json_error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -66,7 +84,15 @@ fn jobs_off() -> Response {
     )
 }
 
+/// A job as the API shows it; `inputs` only in full views, and at most [`VIEW_INPUTS`].
 fn view(m: &JobManager, j: &JobRecord) -> Value {
+    let mut v = summary(m, j);
+    v["inputs"] = json!(&j.inputs[..j.inputs.len().min(VIEW_INPUTS)]);
+    v["inputs_truncated"] = json!(j.inputs.len() > VIEW_INPUTS);
+    v
+}
+
+fn summary(m: &JobManager, j: &JobRecord) -> Value {
     let p = &j.progress;
     let percent = if p.total == 0 {
         0.0
@@ -81,7 +107,7 @@ fn view(m: &JobManager, j: &JobRecord) -> Value {
         "cancelling": m.cancelling(&j.id),
         "priority": j.priority,
         "output_format": match j.format { Format::Csv => "csv", Format::Jsonl => "jsonl" },
-        "inputs": j.inputs,
+        "input_count": j.inputs.len(),
         "recursive": j.recursive,
         "created_at": infera_jobs::store::rfc3339(j.created_ms),
         "started_at": j.started_ms.map(infera_jobs::store::rfc3339),
@@ -156,15 +182,27 @@ fn parse_request(body: &[u8]) -> Result<JobRequest, String> {
     })
 }
 
-async fn create(State(jobs): State<Jobs>, body: Bytes) -> Response {
+/// Bytes of a job request: 100,000 inputs of a few hundred bytes.
+const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+async fn create(State(jobs): State<Jobs>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(m) = &jobs else {
         return jobs_off();
     };
+    if let Err(e) = infera_http::state_change_allowed(&headers) {
+        return e.into_response();
+    }
+    if body.len() > MAX_REQUEST_BYTES {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a job request is at most {MAX_REQUEST_BYTES} bytes"),
+        );
+    }
     let req = match parse_request(&body) {
         Ok(r) => r,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
     };
-    match m.submit(req) {
+    match blocking(m, move |m| m.submit(req)).await {
         Ok(j) => {
             let location = format!("/api/inference/job/{}", j.id);
             (
@@ -182,6 +220,7 @@ async fn create(State(jobs): State<Jobs>, body: Bytes) -> Response {
 struct ListQuery {
     status: Option<String>,
     limit: Option<usize>,
+    cursor: Option<i64>,
 }
 
 async fn list(State(jobs): State<Jobs>, Query(q): Query<ListQuery>) -> Response {
@@ -200,10 +239,12 @@ async fn list(State(jobs): State<Jobs>, Query(q): Query<ListQuery>) -> Response 
             );
         }
     };
-    match m.list(status, q.limit.unwrap_or(100).min(1000)) {
-        Ok(js) => {
-            let views: Vec<Value> = js.iter().map(|j| view(m, j)).collect();
-            axum::Json(json!({ "jobs": views })).into_response()
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let cursor = q.cursor;
+    match blocking(m, move |m| m.list(status, limit, cursor)).await {
+        Ok((js, next)) => {
+            let views: Vec<Value> = js.iter().map(|j| summary(m, j)).collect();
+            axum::Json(json!({ "jobs": views, "next_cursor": next })).into_response()
         }
         Err(e) => error(e),
     }
@@ -224,7 +265,7 @@ async fn show(
     let Some(m) = &jobs else {
         return jobs_off();
     };
-    let j = match m.get(&id) {
+    let j = match blocking(m, move |m| m.get(&id)).await {
         Ok(j) => j,
         Err(e) => return error(e),
     };
@@ -232,11 +273,21 @@ async fn show(
         return download(m, &j, what).await;
     }
     let mut v = view(m, &j);
-    v["errors"] = json!(results::errors_page(&m.errors_path(&j), 100));
+    let (errors_file, results_file) = (m.errors_path(&j), m.output_path(&j));
+    let errors = tokio::task::spawn_blocking(move || results::errors_page(&errors_file, 100))
+        .await
+        .unwrap_or_default();
+    v["errors"] = json!(errors);
     if j.status == Status::Succeeded {
         let offset = q.offset.unwrap_or(0);
         let limit = q.limit.unwrap_or(100).min(1000);
-        match results::results_page(&m.output_path(&j), j.format, offset, limit) {
+        let format = j.format;
+        let page = tokio::task::spawn_blocking(move || {
+            results::results_page(&results_file, format, offset, limit)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("cannot read the results: {e}")));
+        match page {
             Ok(rows) => {
                 let next = offset + rows.len();
                 v["results"] = json!({
@@ -313,11 +364,14 @@ async fn download(m: &JobManager, j: &JobRecord, what: &str) -> Response {
         .into_response()
 }
 
-async fn cancel(State(jobs): State<Jobs>, Path(id): Path<String>) -> Response {
+async fn cancel(State(jobs): State<Jobs>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let Some(m) = &jobs else {
         return jobs_off();
     };
-    match m.cancel(&id) {
+    if let Err(e) = infera_http::state_change_allowed(&headers) {
+        return e.into_response();
+    }
+    match blocking(m, move |m| m.cancel(&id)).await {
         Ok(j) => {
             let status = if j.status.is_terminal() {
                 StatusCode::OK
@@ -335,30 +389,45 @@ struct Follow {
     m: Arc<JobManager>,
     id: String,
     last: Option<JobRecord>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Follow {
-    /// The next state to report, or `None` when the job disappeared.
+    /// The job's record from the store, read on the blocking pool.
+    async fn read(&self) -> Option<JobRecord> {
+        let id = self.id.clone();
+        blocking(&self.m, move |m| m.get(&id)).await.ok()
+    }
+
+    /// The next state to report, or `None` when the job disappeared or the server stops.
     async fn next(&mut self) -> Option<JobRecord> {
         if self.last.is_none() {
             return Some(self.rx.borrow_and_update().clone());
         }
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), self.rx.changed()).await {
+            if *self.stopping.borrow() {
+                return None;
+            }
+            let changed = tokio::select! {
+                c = tokio::time::timeout(Duration::from_secs(5), self.rx.changed()) => c,
+                _ = self.stopping.changed() => return None,
+            };
+            match changed {
                 Ok(Ok(())) => return Some(self.rx.borrow_and_update().clone()),
                 // Closed: the job ended (its final state is in the store), or ended and
                 // was followed again; re-read rather than trust the channel.
                 Ok(Err(_)) => {
-                    let j = self.m.get(&self.id).ok()?;
+                    let j = self.read().await?;
                     if j.status.is_terminal() {
                         return Some(j);
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    self.rx = self.m.subscribe(&self.id).ok()?;
+                    let id = self.id.clone();
+                    self.rx = blocking(&self.m, move |m| m.subscribe(&id)).await.ok()?;
                 }
                 // Quiet for a while: the store is the truth if a wake-up was missed.
                 Err(_) => {
-                    let j = self.m.get(&self.id).ok()?;
+                    let j = self.read().await?;
                     if Some(&j) != self.last.as_ref() {
                         return Some(j);
                     }
@@ -373,15 +442,18 @@ async fn events(State(jobs): State<Jobs>, Path(id): Path<String>) -> Response {
     let Some(m) = jobs else {
         return jobs_off();
     };
-    let rx = match m.subscribe(&id) {
+    let sid = id.clone();
+    let rx = match blocking(&m, move |m| m.subscribe(&sid)).await {
         Ok(rx) => rx,
         Err(e) => return error(e),
     };
+    let stopping = m.stopping();
     let follow = Follow {
         rx,
         m,
         id,
         last: None,
+        stopping,
     };
     let stream = futures::stream::unfold(Some(follow), |state| async move {
         let mut f = state?;

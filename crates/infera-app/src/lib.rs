@@ -105,6 +105,9 @@ fn prediction_json(p: &Prediction, model: &str, latency_ms: f64) -> Value {
     })
 }
 
+/// Files in one `/predict/batch` request.
+pub const MAX_BATCH_FILES: usize = 256;
+
 /// The image from a multipart form (first file field), a JSON body with base64, or the raw body.
 async fn read_images(
     req: Request,
@@ -140,6 +143,11 @@ async fn read_images(
             if !many {
                 break;
             }
+            if out.len() > MAX_BATCH_FILES {
+                return Err(ServeError::invalid(format!(
+                    "more than {MAX_BATCH_FILES} files in one request: split them over several"
+                )));
+            }
         }
         if out.is_empty() {
             return Err(ServeError::invalid(
@@ -161,18 +169,20 @@ async fn read_images(
             }
         })?;
     if content_type.starts_with("application/json") {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| {
+        // Into a struct, not a JSON tree: other fields are skipped without being kept.
+        #[derive(serde::Deserialize)]
+        struct ImageJson {
+            image: Option<String>,
+            b64: Option<String>,
+            data: Option<String>,
+        }
+        let v: ImageJson = serde_json::from_slice(&body).map_err(|e| {
             ServeError::invalid(format!("bad JSON: {e}; send {{\"image\": \"<base64>\"}}"))
         })?;
-        let b64 = v
-            .get("image")
-            .or_else(|| v.get("b64"))
-            .or_else(|| v.get("data"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                ServeError::invalid("JSON body needs \"image\": \"<base64 of the file>\"")
-            })?;
-        let b64 = b64.split_once("base64,").map_or(b64, |(_, d)| d);
+        let b64 = v.image.or(v.b64).or(v.data).ok_or_else(|| {
+            ServeError::invalid("JSON body needs \"image\": \"<base64 of the file>\"")
+        })?;
+        let b64 = b64.split_once("base64,").map_or(b64.as_str(), |(_, d)| d);
         let data = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .map_err(|e| ServeError::invalid(format!("\"image\" is not valid base64: {e}")))?;

@@ -9,6 +9,10 @@
 //! `filter` (nearest | triangle | catmullrom | gaussian | lanczos3), `scale`, `mean`, `std`
 //! (comma-separated per channel), `layout` (NCHW | NHWC), `output_type` (FP32 | UINT8),
 //! `max_pixels` (decoded size limit, against decompression bombs), `input_name`, `output_name`.
+//!
+//! Memory is bounded whatever the image claims: the decoded image may hold at most
+//! `max_pixels` pixels of 4 bytes, and every resize step is planned before it runs, so an
+//! image whose aspect ratio would make a scaling buffer larger than that is refused (400).
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -20,6 +24,15 @@ use infera_core::backend::{Backend, BackendError, IoSpec, LoadOptions, Session, 
 use infera_core::{DataType, Tensor, TensorData};
 
 pub struct ImageBackend;
+
+/// Default `max_pixels`: a 40-megapixel photo.
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+/// The largest `max_pixels` a config may set (a decoded image then takes up to 512 MiB).
+pub const MAX_MAX_PIXELS: u64 = 1 << 27;
+/// The largest output image (`width` × `height`).
+pub const MAX_OUTPUT_PIXELS: u64 = 1 << 24;
+/// The largest output of one batch (`max_batch_size` × channels × height × width values).
+pub const MAX_BATCH_OUTPUT_VALUES: u64 = 1 << 28;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Resize {
@@ -129,8 +142,16 @@ impl Pipeline {
         }
         let width: u32 = param(p, "width", None)?;
         let height: u32 = param(p, "height", None)?;
-        if width == 0 || height == 0 || u64::from(width) * u64::from(height) > 1 << 26 {
-            return Err(format!("output size {width}x{height} is out of range"));
+        if width == 0 || height == 0 || u64::from(width) * u64::from(height) > MAX_OUTPUT_PIXELS {
+            return Err(format!(
+                "output size {width}x{height} is out of range (1 to {MAX_OUTPUT_PIXELS} pixels)"
+            ));
+        }
+        let max_pixels: u64 = param(p, "max_pixels", Some(DEFAULT_MAX_PIXELS))?;
+        if max_pixels == 0 || max_pixels > MAX_MAX_PIXELS {
+            return Err(format!(
+                "parameter 'max_pixels': {max_pixels} is out of range (1 to {MAX_MAX_PIXELS})"
+            ));
         }
         Ok(Pipeline {
             gray,
@@ -161,7 +182,7 @@ impl Pipeline {
                     ));
                 }
             },
-            max_pixels: param(p, "max_pixels", Some(40_000_000))?,
+            max_pixels,
         })
     }
 
@@ -200,8 +221,11 @@ impl Pipeline {
                 ));
             }
         }
+        // A decoded pixel takes up to 4 bytes here (16-bit images count double).
         let mut limits = Limits::default();
-        limits.max_alloc = Some(self.max_pixels.saturating_mul(8));
+        limits.max_alloc = Some(self.max_pixels.saturating_mul(4));
+        limits.max_image_width = Some(u32::try_from(self.max_pixels).unwrap_or(u32::MAX));
+        limits.max_image_height = limits.max_image_width;
         reader.limits(limits);
         let mut decoder = reader
             .into_decoder()
@@ -214,23 +238,36 @@ impl Pipeline {
                 self.max_pixels
             ));
         }
+        if w == 0 || h == 0 {
+            return Err(format!("image is {w}x{h}: it has no pixels"));
+        }
         let orientation = decoder.orientation().ok();
-        let mut img = DynamicImage::from_decoder(decoder)
+        let (ow, oh) = match orientation {
+            Some(o) if turns(o) => (h, w),
+            _ => (w, h),
+        };
+        // Plan the resize before decoding, so an impossible one costs nothing.
+        let plan = self.plan(ow, oh)?;
+        let img = DynamicImage::from_decoder(decoder)
             .map_err(|e| format!("cannot decode the image: {e}"))?;
+        let mut img = if self.gray {
+            DynamicImage::ImageLuma8(img.into_luma8())
+        } else {
+            DynamicImage::ImageRgb8(img.into_rgb8())
+        };
         if let Some(o) = orientation {
             img.apply_orientation(o);
         }
-        let img = if self.gray {
-            DynamicImage::ImageLuma8(img.to_luma8())
-        } else {
-            DynamicImage::ImageRgb8(img.to_rgb8())
-        };
-        let img = self.resize(img);
+        let img = self.resize(img, plan);
         let raw = img.as_bytes();
         let (c, hw) = (self.channels(), (self.width * self.height) as usize);
+        if raw.len() != c * hw {
+            return Err("the resized image has an unexpected size".into());
+        }
         let value = |px: usize, ch: usize| {
             (f32::from(raw[px * c + ch]) * self.scale - self.mean[ch]) / self.std[ch]
         };
+        out.reserve(c * hw);
         if self.nchw {
             for ch in 0..c {
                 out.extend((0..hw).map(|px| value(px, ch)));
@@ -243,33 +280,85 @@ impl Pipeline {
         Ok(())
     }
 
-    fn resize(&self, img: DynamicImage) -> DynamicImage {
+    /// The size the image is scaled to (before centering / cropping to the output), checked
+    /// against `max_pixels`: the scaler's scratch holds source width × scaled height pixels
+    /// of 16 bytes, the scaled image scaled width × height.
+    fn plan(&self, w: u32, h: u32) -> Result<Option<(u32, u32)>, String> {
+        let (tw, th) = (self.width, self.height);
+        // image's resize_dimensions: keep the aspect, fit inside (or, filling, cover) the target.
+        let fit = |fill: bool| {
+            let wratio = f64::from(tw) / f64::from(w);
+            let hratio = f64::from(th) / f64::from(h);
+            let ratio = if fill {
+                wratio.max(hratio)
+            } else {
+                wratio.min(hratio)
+            };
+            let nw = ((f64::from(w) * ratio).round() as u64).max(1);
+            let nh = ((f64::from(h) * ratio).round() as u64).max(1);
+            (nw, nh)
+        };
+        let scaled: Option<(u64, u64)> = if (w, h) == (tw, th) {
+            None
+        } else {
+            match self.resize {
+                Resize::Stretch => Some((u64::from(tw), u64::from(th))),
+                Resize::Fit => Some(fit(false)),
+                Resize::Fill => Some(fit(true)),
+                Resize::Pad | Resize::Crop => None,
+                Resize::Shorter(side) => {
+                    let (w, h) = (u64::from(w), u64::from(h));
+                    let short = w.min(h).max(1);
+                    Some((
+                        (w * u64::from(side)).div_ceil(short).max(1),
+                        (h * u64::from(side)).div_ceil(short).max(1),
+                    ))
+                }
+            }
+        };
+        let Some((nw, nh)) = scaled else {
+            return Ok(None);
+        };
+        let budget = self.max_pixels;
+        let scratch = u64::from(w).saturating_mul(nh).saturating_mul(4);
+        if nw.saturating_mul(nh) > budget || scratch > budget {
+            return Err(format!(
+                "a {w}x{h} image would be scaled to {nw}x{nh} for a {tw}x{th} output; its aspect ratio is too extreme for the limit of {budget} pixels (max_pixels)"
+            ));
+        }
+        Ok(Some((nw as u32, nh as u32)))
+    }
+
+    fn resize(&self, img: DynamicImage, plan: Option<(u32, u32)>) -> DynamicImage {
         let (tw, th) = (self.width, self.height);
         if img.width() == tw && img.height() == th {
             return img;
         }
         // Center-crops where the image is larger and pads (black) where it is smaller.
         let centered = |inner: DynamicImage| {
+            if inner.width() == tw && inner.height() == th {
+                return inner;
+            }
             let mut canvas = DynamicImage::new(tw, th, inner.color());
             let x = (i64::from(tw) - i64::from(inner.width())) / 2;
             let y = (i64::from(th) - i64::from(inner.height())) / 2;
             image::imageops::overlay(&mut canvas, &inner, x, y);
             canvas
         };
-        match self.resize {
-            Resize::Stretch => img.resize_exact(tw, th, self.filter),
-            Resize::Fit => centered(img.resize(tw, th, self.filter)),
-            Resize::Fill => img.resize_to_fill(tw, th, self.filter),
-            Resize::Pad | Resize::Crop => centered(img),
-            Resize::Shorter(side) => {
-                let (w, h) = (u64::from(img.width()), u64::from(img.height()));
-                let short = w.min(h).max(1);
-                let nw = (w * u64::from(side)).div_ceil(short).max(1) as u32;
-                let nh = (h * u64::from(side)).div_ceil(short).max(1) as u32;
-                centered(img.resize_exact(nw, nh, self.filter))
-            }
+        match plan {
+            None => centered(img),
+            Some((nw, nh)) => centered(img.resize_exact(nw, nh, self.filter)),
         }
     }
+}
+
+/// Whether an EXIF orientation swaps width and height.
+fn turns(o: image::metadata::Orientation) -> bool {
+    use image::metadata::Orientation as O;
+    matches!(
+        o,
+        O::Rotate90 | O::Rotate270 | O::Rotate90FlipH | O::Rotate270FlipH
+    )
 }
 
 impl Backend for ImageBackend {
@@ -282,11 +371,18 @@ impl Backend for ImageBackend {
     }
 
     fn load(&self, _: &Path, o: &LoadOptions) -> Result<Box<dyn Session>, BackendError> {
-        let pipeline =
-            Pipeline::from_parameters(&o.parameters).map_err(|reason| BackendError::Load {
-                path: "image_preprocess parameters".into(),
-                reason,
-            })?;
+        let fail = |reason| BackendError::Load {
+            path: "image_preprocess parameters".into(),
+            reason,
+        };
+        let pipeline = Pipeline::from_parameters(&o.parameters).map_err(fail)?;
+        let per_image: u64 = pipeline.output_shape().iter().map(|&d| d as u64).product();
+        let batch = o.max_batch_size.max(1) as u64;
+        if batch * per_image > MAX_BATCH_OUTPUT_VALUES {
+            return Err(fail(format!(
+                "a batch of {batch} outputs of {per_image} values is over the limit of {MAX_BATCH_OUTPUT_VALUES} values: lower max_batch_size or the output size"
+            )));
+        }
         let get = |k: &str, d: &str| {
             o.parameters
                 .get(k)
@@ -339,8 +435,8 @@ impl Session for ImageSession {
                 images.len()
             )));
         }
-        let mut values =
-            Vec::with_capacity(batch * self.pipeline.output_shape().iter().product::<usize>());
+        // Grows image by image: a batch of corrupt images allocates nothing.
+        let mut values = Vec::new();
         for (i, img) in images.iter().enumerate() {
             self.pipeline.process(img, &mut values).map_err(|e| {
                 BackendError::Input(if batch > 1 {
@@ -368,165 +464,4 @@ impl Session for ImageSession {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn png(img: &DynamicImage) -> Vec<u8> {
-        let mut out = Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-        out.into_inner()
-    }
-
-    #[test]
-    fn gray_png_round_trips_exactly() {
-        let img = DynamicImage::ImageLuma8(image::GrayImage::from_fn(28, 28, |x, y| {
-            image::Luma([(x * 9 + y) as u8])
-        }));
-        let p = Pipeline::from_parameters(&params(&[
-            ("width", "28"),
-            ("height", "28"),
-            ("color", "gray"),
-        ]))
-        .unwrap();
-        let mut out = Vec::new();
-        p.process(&png(&img), &mut out).unwrap();
-        assert_eq!(out.len(), 784);
-        assert_eq!(out[1], 9.0);
-        assert_eq!(out[28], 1.0);
-    }
-
-    #[test]
-    fn rgb_jpeg_of_another_size_is_resized_and_normalized() {
-        let img = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
-            300,
-            400,
-            image::Rgb([200, 100, 0]),
-        ));
-        let mut jpeg = Cursor::new(Vec::new());
-        img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
-        let p = Pipeline::from_parameters(&params(&[
-            ("width", "28"),
-            ("height", "28"),
-            ("scale", "0.00392156862"),
-            ("mean", "0.5"),
-            ("std", "0.5"),
-            ("resize", "fill"),
-        ]))
-        .unwrap();
-        let mut out = Vec::new();
-        p.process(&jpeg.into_inner(), &mut out).unwrap();
-        assert_eq!(out.len(), 3 * 784);
-        assert!(
-            (out[0] - (200.0 / 255.0 - 0.5) / 0.5).abs() < 0.05,
-            "{}",
-            out[0]
-        );
-        assert!((out[2 * 784] - (-1.0)).abs() < 0.05, "{}", out[2 * 784]);
-    }
-
-    #[test]
-    fn center_crop_and_shorter_side_resize() {
-        // Left half black, right half white; a 4-wide center crop straddles the edge.
-        let img = DynamicImage::ImageLuma8(image::GrayImage::from_fn(20, 10, |x, _| {
-            image::Luma([if x < 10 { 0 } else { 255 }])
-        }));
-        let crop = Pipeline::from_parameters(&params(&[
-            ("width", "4"),
-            ("height", "4"),
-            ("color", "gray"),
-            ("resize", "crop"),
-        ]))
-        .unwrap();
-        let mut out = Vec::new();
-        crop.process(&png(&img), &mut out).unwrap();
-        assert_eq!(&out[..4], &[0.0, 0.0, 255.0, 255.0]);
-        let shorter = Pipeline::from_parameters(&params(&[
-            ("width", "4"),
-            ("height", "4"),
-            ("color", "gray"),
-            ("resize", "shorter"),
-            ("shorter_side", "5"),
-            ("filter", "nearest"),
-        ]))
-        .unwrap();
-        out.clear();
-        shorter.process(&png(&img), &mut out).unwrap();
-        assert_eq!(out.len(), 16);
-        assert_eq!(
-            (out[0], out[3]),
-            (0.0, 255.0),
-            "10x5 scaled, then 4x4 cut from its center"
-        );
-        assert!(
-            Pipeline::from_parameters(&params(&[
-                ("width", "4"),
-                ("height", "4"),
-                ("resize", "shorter")
-            ]))
-            .is_err(),
-            "shorter needs shorter_side"
-        );
-    }
-
-    #[test]
-    fn fit_keeps_the_aspect_and_pads() {
-        let img =
-            DynamicImage::ImageLuma8(image::GrayImage::from_pixel(20, 10, image::Luma([255])));
-        let p = Pipeline::from_parameters(&params(&[
-            ("width", "10"),
-            ("height", "10"),
-            ("color", "gray"),
-            ("resize", "fit"),
-        ]))
-        .unwrap();
-        let mut out = Vec::new();
-        p.process(&png(&img), &mut out).unwrap();
-        assert_eq!(out[0], 0.0, "top row is padding");
-        assert_eq!(out[5 * 10 + 5], 255.0, "middle is image");
-    }
-
-    #[test]
-    fn bad_input_is_refused_with_a_reason() {
-        let p = Pipeline::from_parameters(&params(&[
-            ("width", "8"),
-            ("height", "8"),
-            ("max_pixels", "100"),
-        ]))
-        .unwrap();
-        let mut out = Vec::new();
-        assert!(p.process(b"", &mut out).unwrap_err().contains("empty"));
-        assert!(
-            p.process(b"hello, not an image", &mut out)
-                .unwrap_err()
-                .contains("supported format")
-        );
-        let big = DynamicImage::ImageLuma8(image::GrayImage::new(20, 20));
-        assert!(
-            p.process(&png(&big), &mut out)
-                .unwrap_err()
-                .contains("max_pixels")
-        );
-        let mut truncated = png(&DynamicImage::ImageLuma8(image::GrayImage::new(8, 8)));
-        truncated.truncate(truncated.len() / 2);
-        assert!(p.process(&truncated, &mut out).is_err());
-        assert!(
-            Pipeline::from_parameters(&params(&[("width", "8")]))
-                .unwrap_err()
-                .contains("height")
-        );
-        assert!(
-            Pipeline::from_parameters(&params(&[
-                ("width", "8"),
-                ("height", "8"),
-                ("resize", "zoom")
-            ]))
-            .is_err()
-        );
-    }
-}
+mod tests;

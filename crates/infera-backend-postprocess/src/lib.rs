@@ -21,6 +21,9 @@ use infera_core::{DataType, Tensor};
 
 pub struct ClassifyBackend;
 
+/// The largest `top_k` a config may ask for (k is also capped at the number of classes).
+pub const MAX_TOP_K: usize = 1 << 16;
+
 pub const OUTPUTS: [&str; 6] = [
     "PROBABILITIES",
     "TOP_SCORES",
@@ -98,16 +101,19 @@ impl Postprocess {
             Some(v) => v
                 .parse()
                 .ok()
-                .filter(|k| *k > 0)
-                .ok_or_else(|| format!("parameter 'top_k': '{v}' is not a whole number > 0"))?,
+                .filter(|k| *k > 0 && *k <= MAX_TOP_K)
+                .ok_or_else(|| {
+                    format!("parameter 'top_k': '{v}' is not a whole number in 1..={MAX_TOP_K}")
+                })?,
         };
         let labels = match get("labels") {
             None => None,
             Some(file) => {
-                let path = o.model_dir.join(&file);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    format!("parameter 'labels': cannot read {}: {e}", path.display())
-                })?;
+                let bytes = o
+                    .side_file(&file)
+                    .map_err(|e| format!("parameter 'labels': {e}"))?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| "parameter 'labels': the file is not UTF-8 text".to_string())?;
                 Some(Arc::new(
                     text.lines()
                         .map(str::trim_end)
@@ -325,11 +331,25 @@ mod tests {
                 .load(Path::new(""), &options(&[("softmax", "maybe")]))
                 .is_err()
         );
-        let e = ClassifyBackend
-            .load(Path::new(""), &options(&[("labels", "nope.txt")]))
-            .err()
-            .unwrap();
+        assert!(
+            ClassifyBackend
+                .load(Path::new(""), &options(&[("top_k", "100000000")]))
+                .is_err()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(dir.path().join("secret.txt"), "root\n").unwrap();
+        let mut o = options(&[("labels", "nope.txt")]);
+        o.model_dir = model.clone();
+        let e = ClassifyBackend.load(Path::new(""), &o).err().unwrap();
         assert!(e.to_string().contains("nope.txt"), "{e}");
+        for outside in ["../secret.txt", "../missing.txt", "/etc/passwd"] {
+            let mut o = options(&[("labels", outside)]);
+            o.model_dir = model.clone();
+            let e = ClassifyBackend.load(Path::new(""), &o).err().unwrap();
+            assert!(e.to_string().contains("inside the model's folder"), "{e}");
+        }
         let mut s = ClassifyBackend.load(Path::new(""), &options(&[])).unwrap();
         let ints = Tensor::from_slice(vec![1, 2], &[1i32, 2]).unwrap();
         assert!(matches!(s.run(&[ints]), Err(BackendError::Input(_))));

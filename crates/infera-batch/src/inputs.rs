@@ -30,6 +30,8 @@ pub enum Source {
     /// Known to be unusable before the run (missing, refused, failed download): becomes an
     /// error row with this reason, so every input is accounted for exactly once.
     Invalid(String),
+    /// Fetched when the run reaches it (through [`crate::Fetch`]), never all up front.
+    Url(String),
 }
 
 impl InputFile {
@@ -37,6 +39,13 @@ impl InputFile {
         InputFile {
             name: name.into(),
             source: Source::Path(path.into()),
+        }
+    }
+
+    pub fn url(name: impl Into<String>, url: impl Into<String>) -> InputFile {
+        InputFile {
+            name: name.into(),
+            source: Source::Url(url.into()),
         }
     }
 

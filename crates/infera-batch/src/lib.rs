@@ -13,7 +13,7 @@ mod run;
 pub use checkpoint::Checkpoint;
 pub use inputs::{IMAGE_EXTENSIONS, InputFile, Inputs, Source, list_images};
 pub use output::Format;
-pub use run::{BatchOptions, Progress, Summary, run_batch};
+pub use run::{BatchOptions, Fetch, Progress, Summary, run_batch};
 
 use std::path::PathBuf;
 

@@ -22,6 +22,16 @@ impl std::str::FromStr for Format {
     }
 }
 
+/// A cell built from a file name or URL, made inert for spreadsheets: one starting with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return would run as a formula (CSV injection),
+/// so it gets a leading `'` (OWASP's advice).
+pub fn inert_cell(text: &str) -> String {
+    match text.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}"),
+        _ => text.to_string(),
+    }
+}
+
 fn csv_record(fields: &[String]) -> Vec<u8> {
     let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
     // Writing to a Vec cannot fail; an empty line would still keep the file parseable.
@@ -53,7 +63,7 @@ impl Format {
         match self {
             Format::Csv => {
                 let mut f = vec![
-                    filename.to_string(),
+                    inert_cell(filename),
                     idx.to_string(),
                     p.best_label().to_string(),
                     conf.to_string(),
@@ -86,7 +96,8 @@ pub fn errors_header() -> Vec<u8> {
 }
 
 pub fn error_row(filename: &str, reason: &str) -> Vec<u8> {
-    csv_record(&[filename.into(), reason.into()])
+    // The reason can quote the name (or a URL's answer), so it is made inert too.
+    csv_record(&[inert_cell(filename), inert_cell(reason)])
 }
 
 #[cfg(test)]
@@ -115,5 +126,38 @@ mod tests {
             error_row("bad.png", "cannot decode"),
             b"bad.png,cannot decode\n"
         );
+    }
+
+    #[test]
+    fn cells_from_names_cannot_start_a_formula() {
+        let p = Prediction {
+            probabilities: vec![1.0],
+            labels: Arc::new(vec!["x".into()]),
+        };
+        for evil in [
+            "=HYPERLINK(\"http://x\")",
+            "+1",
+            "-1+2",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            let row = Format::Csv.row(evil, &p);
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(row.as_slice());
+            let rec = r.records().next().unwrap().unwrap();
+            assert!(rec[0].starts_with('\''), "{evil:?} -> {:?}", &rec[0]);
+            let e = error_row(evil, evil);
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(e.as_slice());
+            let rec = r.records().next().unwrap().unwrap();
+            assert!(
+                rec[0].starts_with('\'') && rec[1].starts_with('\''),
+                "{rec:?}"
+            );
+        }
+        assert_eq!(inert_cell("photo.png"), "photo.png");
     }
 }

@@ -37,7 +37,28 @@ pub struct BatchOptions {
     /// Scheduler priority level of the requests (0 = the model's default,
     /// `infera_core::scheduler::BACKGROUND` behind all online requests).
     pub priority: usize,
+    /// Reads URL inputs; without it they become error rows.
+    pub fetch: Option<Arc<dyn Fetch>>,
+    /// An input larger than this (file or download) becomes an error row unread.
+    pub max_file_bytes: u64,
 }
+
+/// Fetches a URL input when the run reaches it; the error is the input's error row.
+pub trait Fetch: Send + Sync {
+    fn fetch<'a>(&'a self, url: &'a str) -> futures::future::BoxFuture<'a, Result<Bytes, String>>;
+}
+
+impl std::fmt::Debug for dyn Fetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fetch")
+    }
+}
+
+/// Bytes of images a group holds at once: past it the group is sent in parts, so a chunk
+/// of large files (or downloads) cannot hold much more than this in memory.
+const GROUP_BYTES: usize = 64 << 20;
+/// Inputs read (or downloaded) at once within a group.
+const READ_AHEAD: usize = 4;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -93,28 +114,15 @@ fn model_labels(server: &InferenceServer, model: &str) -> Result<Arc<Vec<String>
     Ok(labels_of(output, classes))
 }
 
-/// Reads and classifies one file; per-file problems become an error row, problems of the
-/// model or server (unloaded, failing) stop the run so it can be resumed later.
-async fn one(
+/// Classifies one input's bytes; a problem of the image becomes its error row, problems
+/// of the model or server (unloaded, failing) stop the run so it can be resumed later.
+async fn classify_one(
     server: &InferenceServer,
     opts: &BatchOptions,
-    root: &Path,
     input: &InputFile,
+    data: Bytes,
 ) -> Result<Outcome, BatchError> {
     let name = &input.name;
-    let rel = match &input.source {
-        Source::Path(p) => p,
-        Source::Invalid(reason) => return Ok(Outcome::Failed(error_row(name, reason))),
-    };
-    let data = match tokio::fs::read(root.join(rel)).await {
-        Ok(d) => Bytes::from(d),
-        Err(e) => {
-            return Ok(Outcome::Failed(error_row(
-                name,
-                &format!("cannot read: {e}"),
-            )));
-        }
-    };
     let mut backoff = Duration::from_millis(5);
     loop {
         match server
@@ -135,6 +143,42 @@ async fn one(
                     e.message
                 )));
             }
+        }
+    }
+}
+
+/// The bytes of one input: a file (at most `max_file_bytes`, checked before reading) or a
+/// URL fetched now. The error is the input's error row.
+async fn read_input(opts: &BatchOptions, root: &Path, input: &InputFile) -> Result<Bytes, String> {
+    match &input.source {
+        Source::Invalid(reason) => Err(reason.clone()),
+        Source::Url(url) => match &opts.fetch {
+            Some(f) => f.fetch(url).await,
+            None => Err("URL inputs are not read here".into()),
+        },
+        Source::Path(rel) => {
+            let path = root.join(rel);
+            let meta = tokio::fs::metadata(&path)
+                .await
+                .map_err(|e| format!("cannot read: {e}"))?;
+            // A pipe or device would block the read forever (or never end).
+            if !meta.is_file() {
+                return Err("is not a regular file".into());
+            }
+            if meta.len() > opts.max_file_bytes {
+                return Err(format!(
+                    "is {} bytes, over the limit of {} bytes per input",
+                    meta.len(),
+                    opts.max_file_bytes
+                ));
+            }
+            let data = tokio::fs::read(&path)
+                .await
+                .map_err(|e| format!("cannot read: {e}"))?;
+            if data.is_empty() {
+                return Err("the image is empty: send the file's bytes".into());
+            }
+            Ok(Bytes::from(data))
         }
     }
 }
@@ -163,8 +207,9 @@ fn run_chunk<'a>(
     })
 }
 
-/// One request for the readable images of `group`; if the model refuses it (a bad image
-/// among them), each image is retried alone so only the bad ones become error rows.
+/// The readable images of `group` go to the model in as few requests as its batch size
+/// and [`GROUP_BYTES`] allow; if the model refuses one (a bad image among them), each of
+/// its images is retried alone so only the bad ones become error rows.
 async fn run_group(
     server: &InferenceServer,
     opts: &BatchOptions,
@@ -172,21 +217,56 @@ async fn run_group(
     group: &[InputFile],
 ) -> Result<Vec<Outcome>, BatchError> {
     let mut outcomes: Vec<Option<Outcome>> = (0..group.len()).map(|_| None).collect();
-    let (mut images, mut at) = (Vec::new(), Vec::new());
-    for (i, f) in group.iter().enumerate() {
-        if let Source::Path(p) = &f.source
-            && let Ok(data) = tokio::fs::read(root.join(p)).await
-            && !data.is_empty()
-        {
-            images.push(Bytes::from(data));
-            at.push(i);
+    let mut reads = futures::stream::iter(0..group.len())
+        .map(|i| async move { (i, read_input(opts, root, &group[i]).await) })
+        .buffered(READ_AHEAD);
+    let (mut images, mut at, mut held) = (Vec::new(), Vec::new(), 0usize);
+    loop {
+        let next = reads.next().await;
+        let last = next.is_none();
+        match next {
+            Some((i, Ok(data))) => {
+                held += data.len();
+                images.push(data);
+                at.push(i);
+                if held < GROUP_BYTES {
+                    continue;
+                }
+            }
+            Some((i, Err(reason))) => {
+                outcomes[i] = Some(Outcome::Failed(error_row(&group[i].name, &reason)));
+                continue;
+            }
+            None => {}
+        }
+        let sent = std::mem::take(&mut images);
+        let idx = std::mem::take(&mut at);
+        held = 0;
+        classify_part(server, opts, group, &sent, &idx, &mut outcomes).await?;
+        if last {
+            break;
         }
     }
+    outcomes
+        .into_iter()
+        .map(|o| o.ok_or_else(|| BatchError::Model("lost a result".into())))
+        .collect()
+}
+
+/// One request for `images` (inputs `at` of `group`), then each one left alone.
+async fn classify_part(
+    server: &InferenceServer,
+    opts: &BatchOptions,
+    group: &[InputFile],
+    images: &[Bytes],
+    at: &[usize],
+    outcomes: &mut [Option<Outcome>],
+) -> Result<(), BatchError> {
     if images.len() > 1 {
         let mut backoff = Duration::from_millis(5);
         loop {
             match server
-                .classify_images(&opts.model, None, images.clone(), opts.priority)
+                .classify_images(&opts.model, None, images.to_vec(), opts.priority)
                 .await
             {
                 Ok(preds) => {
@@ -206,21 +286,17 @@ async fn run_group(
         }
     }
     // Concurrently, so the dynamic batcher still batches them.
-    let singles = outcomes
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.is_none())
-        .map(|(i, _)| one(server, opts, root, &group[i]));
-    let mut singles = futures::future::join_all(singles).await.into_iter();
-    outcomes
-        .into_iter()
-        .map(|o| match o {
-            Some(o) => Ok(o),
-            None => singles
-                .next()
-                .unwrap_or_else(|| Err(BatchError::Model("lost a result".into()))),
-        })
-        .collect()
+    let singles =
+        at.iter()
+            .zip(images)
+            .filter(|(i, _)| outcomes[**i].is_none())
+            .map(|(&i, data)| async move {
+                (i, classify_one(server, opts, &group[i], data.clone()).await)
+            });
+    for (i, r) in futures::future::join_all(singles).await {
+        outcomes[i] = Some(r?);
+    }
+    Ok(())
 }
 
 fn append(f: &mut File, bytes: &[u8], path: &Path) -> Result<(), BatchError> {

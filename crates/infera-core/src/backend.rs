@@ -42,8 +42,22 @@ pub struct LoadOptions {
     pub inter_op_threads: usize,
     /// The model config's `parameters`, for backend-specific knobs.
     pub parameters: BTreeMap<String, String>,
-    /// The model's folder in the repository, for backends that read side files (e.g. labels).
+    /// The model's folder in the repository, for backends that read side files (e.g. labels):
+    /// read them through [`LoadOptions::side_file`], never by joining paths.
     pub model_dir: std::path::PathBuf,
+    /// The config's `max_batch_size` (0: no batch dimension), for backends that size buffers.
+    pub max_batch_size: usize,
+}
+
+impl LoadOptions {
+    /// Reads a file a parameter names, relative to the model's folder. Anything that leads
+    /// outside it (after symlinks) or is larger than the side-file limit is refused with a
+    /// message that does not tell whether an outside file exists.
+    pub fn side_file(&self, name: &str) -> Result<Vec<u8>, String> {
+        let path = crate::repository::files::confined(&self.model_dir, name).map_err(|r| r.0)?;
+        crate::repository::files::read_bounded(&path)
+            .map_err(|e| format!("'{}': {e}", name.escape_debug()))
+    }
 }
 
 /// A runtime that can open model files.

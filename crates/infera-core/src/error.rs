@@ -15,6 +15,14 @@ pub enum ErrorKind {
     QueueFull,
     /// The request is larger than the server accepts: HTTP 413 / gRPC RESOURCE_EXHAUSTED.
     TooLarge,
+    /// The request conflicts with the server's state (e.g. unloading a model an ensemble
+    /// uses): HTTP 409 / gRPC FAILED_PRECONDITION.
+    Conflict,
+    /// Refused by policy (e.g. a state change asked from another site's page):
+    /// HTTP 403 / gRPC PERMISSION_DENIED.
+    Forbidden,
+    /// The body is not in a format the endpoint takes: HTTP 415 / gRPC INVALID_ARGUMENT.
+    UnsupportedMediaType,
     /// Not implemented by this server: HTTP 501 / gRPC UNIMPLEMENTED.
     Unsupported,
     /// A fault inside the server or runtime: HTTP 500 / gRPC INTERNAL.

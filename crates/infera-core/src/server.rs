@@ -7,11 +7,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::config::limits::MAX_ENSEMBLE_DEPTH;
+use crate::datatype::DataType;
 use crate::error::{ErrorKind, ServeError, ServeResult};
 use crate::metrics::Metrics;
-use crate::repository::{IoDesc, Model, ModelRepository};
+use crate::repository::{EnsembleStep, IoDesc, Model, ModelRepository, ModelVersion, Runner};
 use crate::request::{InferRequest, InferResponse, ModelMetadata, OutputTensor};
-use crate::scheduler::Job;
+use crate::scheduler::{BACKGROUND, Job, JobOutput};
 use crate::stats::StatsSnapshot;
 use crate::tensor::{Tensor, element_count};
 
@@ -83,6 +85,21 @@ impl InferenceServer {
         Ok(m.metadata())
     }
 
+    /// Checks one input's name, type and shape against the model before its data is read,
+    /// so a request cannot make a front-end parse (and allocate) more than the model takes.
+    pub fn check_input(
+        &self,
+        model: &str,
+        version: Option<i64>,
+        name: &str,
+        dtype: DataType,
+        shape: &[usize],
+    ) -> ServeResult<()> {
+        let m = self.repository.get(model)?;
+        m.version(version)?;
+        check_input(&m, find_input(&m, name)?, dtype, shape).map(|_| ())
+    }
+
     /// Statistics for one model (and version), or every ready model when `name` is empty.
     pub fn statistics(&self, name: &str, version: Option<i64>) -> ServeResult<Vec<VersionStats>> {
         let models = if name.is_empty() {
@@ -115,15 +132,33 @@ impl InferenceServer {
             .map_err(|e| ServeError::internal(format!("model load task failed: {e}")))?
     }
 
-    pub fn unload(&self, name: &str) -> ServeResult<()> {
-        self.repository.unload(name)
+    /// Unloads a model; see [`ModelRepository::unload`] for models that ensembles use.
+    pub async fn unload(&self, name: &str, unload_dependents: bool) -> ServeResult<()> {
+        let repo = self.repository.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || repo.unload(&name, unload_dependents))
+            .await
+            .map_err(|e| ServeError::internal(format!("model unload task failed: {e}")))?
     }
 
+    /// An inference request. Once shutdown has begun, new online requests are refused with
+    /// 503; requests already inside (ensemble steps included) and background work (batch
+    /// jobs finishing their current chunk) go on.
     pub async fn infer(&self, req: InferRequest) -> ServeResult<InferResponse> {
+        if self.shutting_down.load(Ordering::Relaxed) && req.priority != BACKGROUND {
+            return Err(ServeError::unavailable(
+                "the server is shutting down; retry on another replica",
+            ));
+        }
+        self.infer_at(req, 0).await
+    }
+
+    /// `depth`: how many ensembles deep this request is (the load-time cycle check's backstop).
+    async fn infer_at(&self, req: InferRequest, depth: usize) -> ServeResult<InferResponse> {
         let start = Instant::now();
         let model = self.repository.get(&req.model)?;
         let version = model.version(req.version)?.clone();
-        let result = self.run(&model, &version, req).await;
+        let result = self.run(&model, &version, req, depth).await;
         let total = start.elapsed();
         version.stats.record_request(result.is_ok(), total);
         version.metrics.record_request(
@@ -140,15 +175,16 @@ impl InferenceServer {
     async fn run(
         &self,
         model: &Model,
-        version: &crate::repository::ModelVersion,
+        version: &ModelVersion,
         req: InferRequest,
+        depth: usize,
     ) -> ServeResult<InferResponse> {
         let requested = resolve_outputs(model, &req)?;
         let (job, batch) = prepare(model, req.inputs, req.priority, req.timeout)?;
-        let out = match &model.ensemble {
-            Some(steps) => self.run_ensemble(model, steps, job, &req.id).await?,
-            None => {
-                let rx = version.scheduler.submit(job)?;
+        let out = match &version.runner {
+            Runner::Ensemble(steps) => self.run_ensemble(model, steps, job, &req.id, depth).await?,
+            Runner::Scheduler(scheduler) => {
+                let rx = scheduler.submit(job)?;
                 rx.await.map_err(|_| {
                     ServeError::internal("the model worker stopped before answering")
                 })??
@@ -189,10 +225,17 @@ impl InferenceServer {
     async fn run_ensemble(
         &self,
         model: &Model,
-        steps: &[crate::repository::EnsembleStep],
-        job: crate::scheduler::Job,
+        steps: &[EnsembleStep],
+        job: Job,
         id: &str,
-    ) -> ServeResult<crate::scheduler::JobOutput> {
+        depth: usize,
+    ) -> ServeResult<JobOutput> {
+        if depth >= MAX_ENSEMBLE_DEPTH {
+            return Err(ServeError::invalid(format!(
+                "ensemble '{}' nests ensembles deeper than {MAX_ENSEMBLE_DEPTH} levels",
+                model.name
+            )));
+        }
         let mut tensors: std::collections::HashMap<String, Tensor> = model
             .inputs
             .iter()
@@ -231,13 +274,15 @@ impl InferenceServer {
                 priority: job.priority,
                 timeout: job.timeout,
             };
-            let response = Box::pin(self.infer(request)).await.map_err(|e| {
-                let message = format!(
-                    "ensemble '{}' step '{}': {}",
-                    model.name, step.model_name, e.message
-                );
-                ServeError::new(e.kind, message)
-            })?;
+            let response = Box::pin(self.infer_at(request, depth + 1))
+                .await
+                .map_err(|e| {
+                    let message = format!(
+                        "ensemble '{}' step '{}': {}",
+                        model.name, step.model_name, e.message
+                    );
+                    ServeError::new(e.kind, message)
+                })?;
             for out in response.outputs {
                 if let Some((_, ens_name)) = step.outputs.iter().find(|(n, _)| *n == out.name) {
                     tensors.insert(ens_name.clone(), out.tensor);
@@ -253,7 +298,7 @@ impl InferenceServer {
                 })
             })
             .collect::<ServeResult<Vec<_>>>()?;
-        Ok(crate::scheduler::JobOutput {
+        Ok(JobOutput {
             outputs,
             timing: Default::default(),
         })
@@ -297,7 +342,7 @@ fn shape_str(s: &[i64]) -> String {
 }
 
 /// Checks the inputs against the config and puts them in model order and model shape.
-fn prepare(
+pub(crate) fn prepare(
     model: &Model,
     inputs: Vec<crate::request::InputTensor>,
     priority: usize,
@@ -308,66 +353,20 @@ fn prepare(
     let mut batch: Option<usize> = None;
     let given = inputs.len();
     for input in inputs {
-        let io = model
-            .inputs
-            .iter()
-            .find(|i| i.name == input.name)
-            .ok_or_else(|| {
-                ServeError::invalid(format!(
-                    "unexpected inference input '{}' for model '{}'; it takes {:?}",
-                    input.name,
-                    model.name,
-                    model
-                        .inputs
-                        .iter()
-                        .map(|i| i.name.as_str())
-                        .collect::<Vec<_>>()
-                ))
-            })?;
-        if slots[io.index].is_some() {
+        let io = find_input(model, &input.name)?;
+        if slots.get(io.index).is_none_or(Option::is_some) {
             return Err(ServeError::invalid(format!(
                 "input '{}' is given more than once",
                 io.name
             )));
         }
         let mut t = input.tensor;
-        if t.dtype != io.dtype {
+        let b = check_input(model, io, t.dtype, &t.shape)?;
+        if let Some(prev) = batch.filter(|&p| mbs > 0 && p != b) {
             return Err(ServeError::invalid(format!(
-                "inference input '{}' data-type is '{}', but model '{}' expects '{}'",
-                io.name, t.dtype, model.name, io.dtype
+                "input '{}' has batch size {b} but an earlier input has {prev}",
+                io.name
             )));
-        }
-        let expected: Vec<i64> = (mbs > 0)
-            .then_some(-1)
-            .into_iter()
-            .chain(io.dims.iter().copied())
-            .collect();
-        let got: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-        let fits = expected.len() == got.len()
-            && expected.iter().zip(&got).all(|(&e, &g)| e == -1 || e == g);
-        if !fits {
-            return Err(ServeError::invalid(format!(
-                "unexpected shape for input '{}' for model '{}'. Expected {}, got {}",
-                io.name,
-                model.name,
-                shape_str(&expected),
-                shape_str(&got)
-            )));
-        }
-        let b = if mbs > 0 { t.shape[0] } else { 1 };
-        if mbs > 0 {
-            if b == 0 || b > mbs {
-                return Err(ServeError::invalid(format!(
-                    "inference request batch-size must be <= {mbs} for '{}' (got {b})",
-                    model.name
-                )));
-            }
-            if let Some(prev) = batch.filter(|&p| p != b) {
-                return Err(ServeError::invalid(format!(
-                    "input '{}' has batch size {b} but an earlier input has {prev}",
-                    io.name
-                )));
-            }
         }
         batch = Some(b);
         if let Some(r) = &io.reshape {
@@ -397,6 +396,63 @@ fn prepare(
         },
         batch,
     ))
+}
+
+fn find_input<'m>(model: &'m Model, name: &str) -> ServeResult<&'m IoDesc> {
+    model.inputs.iter().find(|i| i.name == name).ok_or_else(|| {
+        ServeError::invalid(format!(
+            "unexpected inference input '{}' for model '{}'; it takes {:?}",
+            name,
+            model.name,
+            model
+                .inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .collect::<Vec<_>>()
+        ))
+    })
+}
+
+/// An input's type and shape against the config; the batch size it brings.
+fn check_input(model: &Model, io: &IoDesc, dtype: DataType, shape: &[usize]) -> ServeResult<usize> {
+    let mbs = model.max_batch_size();
+    if dtype != io.dtype {
+        return Err(ServeError::invalid(format!(
+            "inference input '{}' data-type is '{}', but model '{}' expects '{}'",
+            io.name, dtype, model.name, io.dtype
+        )));
+    }
+    let expected: Vec<i64> = (mbs > 0)
+        .then_some(-1)
+        .into_iter()
+        .chain(io.dims.iter().copied())
+        .collect();
+    let fits = expected.len() == shape.len()
+        && expected
+            .iter()
+            .zip(shape)
+            .all(|(&e, &g)| e == -1 || i64::try_from(g) == Ok(e));
+    if !fits {
+        let got: Vec<String> = shape.iter().map(usize::to_string).collect();
+        return Err(ServeError::invalid(format!(
+            "unexpected shape for input '{}' for model '{}'. Expected {}, got [{}]",
+            io.name,
+            model.name,
+            shape_str(&expected),
+            got.join(",")
+        )));
+    }
+    if mbs == 0 {
+        return Ok(1);
+    }
+    let b = shape[0];
+    if b == 0 || b > mbs {
+        return Err(ServeError::invalid(format!(
+            "inference request batch-size must be <= {mbs} for '{}' (got {b})",
+            model.name
+        )));
+    }
+    Ok(b)
 }
 
 /// `[batch] + target`, with one -1 in `target` resolved from the element count.

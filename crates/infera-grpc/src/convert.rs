@@ -148,7 +148,10 @@ pub fn from_proto_request(r: ModelInferRequest) -> Result<InferRequest, ServeErr
         id: r.id,
         inputs,
         outputs,
-        priority: int_param(r.parameters.get("priority"), "priority")?.unwrap_or(0) as usize,
+        // Clients never reach the scheduler's background lane (usize::MAX).
+        priority: int_param(r.parameters.get("priority"), "priority")?
+            .unwrap_or(0)
+            .min(u64::from(u32::MAX)) as usize,
         timeout: int_param(r.parameters.get("timeout"), "timeout")?
             .filter(|&t| t > 0)
             .map(Duration::from_micros),

@@ -16,6 +16,10 @@ use tonic::{Request, Response, Status};
 
 pub use convert::{from_proto_request, to_proto_response};
 
+/// Requests of one `ModelStreamInfer` stream in flight or waiting for the client to read
+/// their responses; past it the stream is not read.
+pub const STREAM_IN_FLIGHT: usize = 64;
+
 pub struct GrpcFrontend {
     server: Arc<InferenceServer>,
 }
@@ -37,9 +41,13 @@ pub fn service(
 pub fn status(e: ServeError) -> Status {
     let mut s = match e.kind {
         ErrorKind::NotFound => Status::not_found(e.message),
-        ErrorKind::InvalidArgument => Status::invalid_argument(e.message),
+        ErrorKind::InvalidArgument | ErrorKind::UnsupportedMediaType => {
+            Status::invalid_argument(e.message)
+        }
+        ErrorKind::Forbidden => Status::permission_denied(e.message),
         ErrorKind::Unavailable | ErrorKind::QueueFull => Status::unavailable(e.message),
         ErrorKind::TooLarge => Status::resource_exhausted(e.message),
+        ErrorKind::Conflict => Status::failed_precondition(e.message),
         ErrorKind::Unsupported => Status::unimplemented(e.message),
         ErrorKind::Internal => Status::internal(e.message),
     };
@@ -149,15 +157,29 @@ impl GrpcInferenceService for GrpcFrontend {
     ) -> Result<Response<StreamOut>, Status> {
         let mut incoming = r.into_inner();
         let server = self.server.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<ModelStreamInferResponse, Status>>(64);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<ModelStreamInferResponse, Status>>(
+            STREAM_IN_FLIGHT,
+        );
+        // Each request holds a permit from before it is read until its response is queued
+        // for the client: a client that writes without reading stops being read once
+        // STREAM_IN_FLIGHT requests are waiting (HTTP/2 flow control then holds it back).
+        let permits = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
         tokio::spawn(async move {
-            while let Some(msg) = incoming.next().await {
-                let req = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        break;
-                    }
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let req = tokio::select! {
+                    msg = incoming.next() => match msg {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            let _ = tx.send(Err(e)).await;
+                            break;
+                        }
+                        None => break,
+                    },
+                    // The client went away: stop reading for it.
+                    () = tx.closed() => break,
                 };
                 let server = server.clone();
                 let tx = tx.clone();
@@ -182,6 +204,7 @@ impl GrpcInferenceService for GrpcFrontend {
                         },
                     };
                     let _ = tx.send(Ok(msg)).await;
+                    drop(permit);
                 });
             }
         });
@@ -309,8 +332,23 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         r: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        let r = r.into_inner();
+        let dependents = match r
+            .parameters
+            .get("unload_dependents")
+            .and_then(|p| p.parameter_choice.as_ref())
+        {
+            None => false,
+            Some(model_repository_parameter::ParameterChoice::BoolParam(b)) => *b,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "parameter 'unload_dependents' must be a bool",
+                ));
+            }
+        };
         self.server
-            .unload(&r.into_inner().model_name)
+            .unload(&r.model_name, dependents)
+            .await
             .map_err(status)?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }

@@ -7,35 +7,99 @@ use bytes::{BufMut, Bytes, BytesMut};
 use infera_core::request::{InferRequest, InferResponse, InputTensor, RequestedOutput};
 use infera_core::{DataType, ServeError, Tensor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-#[derive(Deserialize)]
-struct RequestJson {
-    #[serde(default)]
-    id: Option<Value>,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-    inputs: Vec<InputJson>,
-    #[serde(default)]
-    outputs: Option<Vec<OutputJson>>,
+/// Tensors in one request (inputs or outputs): more is refused before parsing them.
+pub const MAX_REQUEST_TENSORS: usize = 1024;
+/// Dimensions of one tensor in a request.
+pub const MAX_REQUEST_RANK: usize = 32;
+/// Bytes of a `parameters` object (request, input or output).
+pub const MAX_PARAMETERS_BYTES: usize = 64 << 10;
+
+/// A JSON array of at most `N` elements: parsing stops at the first one past the bound, so
+/// a long list of small items cannot make a much larger list of parsed items.
+struct AtMost<T, const N: usize>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for AtMost<T, N> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T, const N: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> serde::de::Visitor<'de> for V<T, N> {
+            type Value = AtMost<T, N>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "an array of at most {N} items")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    if out.len() == N {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {N} items in an array"
+                        )));
+                    }
+                    out.push(item);
+                }
+                Ok(AtMost(out))
+            }
+        }
+        d.deserialize_seq(V::<T, N>(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
-struct InputJson {
+struct RequestJson<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    parameters: Option<&'a RawValue>,
+    #[serde(borrow)]
+    inputs: AtMost<InputJson<'a>, MAX_REQUEST_TENSORS>,
+    #[serde(default, borrow)]
+    outputs: Option<AtMost<OutputJson<'a>, MAX_REQUEST_TENSORS>>,
+}
+
+#[derive(Deserialize)]
+struct InputJson<'a> {
     name: String,
-    shape: Vec<i64>,
+    shape: AtMost<i64, MAX_REQUEST_RANK>,
     datatype: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-    #[serde(default)]
-    data: Option<Value>,
+    #[serde(default, borrow)]
+    parameters: Option<&'a RawValue>,
+    /// Kept as text: parsed into the tensor only once the shape has been checked.
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct OutputJson {
+struct OutputJson<'a> {
     name: String,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    #[serde(default, borrow)]
+    parameters: Option<&'a RawValue>,
+}
+
+/// A `parameters` object, bounded in size before it is parsed.
+fn parameters(
+    raw: Option<&RawValue>,
+    whose: &str,
+) -> Result<Option<Map<String, Value>>, ServeError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    if raw.get().len() > MAX_PARAMETERS_BYTES {
+        return Err(invalid(format!(
+            "the parameters of {whose} are larger than {MAX_PARAMETERS_BYTES} bytes"
+        )));
+    }
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::Object(m)) => Ok(Some(m)),
+        Ok(Value::Null) => Ok(None),
+        _ => Err(invalid(format!(
+            "the parameters of {whose} must be a JSON object"
+        ))),
+    }
 }
 
 /// The only input of a model, for raw binary requests (`Inference-Header-Content-Length: 0`).
@@ -79,13 +143,18 @@ fn param_bool(params: Option<&Map<String, Value>>, key: &str) -> Result<Option<b
     }
 }
 
-/// Parses an infer body. Never panics, whatever the bytes.
+/// Checks an input's name, type and shape against the model before its data is read.
+pub type InputGuard<'g> = &'g dyn Fn(&str, DataType, &[usize]) -> Result<(), ServeError>;
+
+/// Parses an infer body. Never panics, whatever the bytes; an input's data is parsed only
+/// after `guard` has accepted its name, type and shape.
 pub fn decode_request(
     model: &str,
     version: Option<i64>,
     header_len: Option<usize>,
     body: Bytes,
     raw_input: impl FnOnce() -> Result<RawInput, ServeError>,
+    guard: InputGuard<'_>,
 ) -> Result<Decoded, ServeError> {
     if header_len == Some(0) {
         return decode_raw(model, version, body, raw_input()?);
@@ -100,7 +169,7 @@ pub fn decode_request(
         Some(n) => (body.slice(..n), body.slice(n..)),
         None => (body, Bytes::new()),
     };
-    let req: RequestJson = serde_json::from_slice(&head).map_err(|e| {
+    let req: RequestJson<'_> = serde_json::from_slice(&head).map_err(|e| {
         invalid(format!(
             "failed to parse the request JSON: {e}{}",
             if header_len.is_none() && head.first() == Some(&b'{') && e.is_syntax() {
@@ -110,14 +179,15 @@ pub fn decode_request(
             }
         ))
     })?;
-    let params = req.parameters.as_ref();
+    let params = parameters(req.parameters, "the request")?;
+    let params = params.as_ref();
     if params.is_some_and(|p| p.contains_key("sequence_id")) {
         return Err(ServeError::unsupported(
             "sequence batching (sequence_id) is not supported",
         ));
     }
-    let mut inputs = Vec::with_capacity(req.inputs.len());
-    for i in req.inputs {
+    let mut inputs = Vec::with_capacity(req.inputs.0.len());
+    for i in req.inputs.0 {
         let dtype = DataType::parse(&i.datatype).ok_or_else(|| {
             invalid(format!(
                 "input '{}' has unknown datatype '{}'",
@@ -126,22 +196,25 @@ pub fn decode_request(
         })?;
         let shape = i
             .shape
+            .0
             .iter()
             .map(|&d| usize::try_from(d))
             .collect::<Result<Vec<usize>, _>>()
             .map_err(|_| {
                 invalid(format!(
                     "input '{}' has a negative dimension in shape {:?}",
-                    i.name, i.shape
+                    i.name, i.shape.0
                 ))
             })?;
-        let ip = i.parameters.as_ref();
+        let ip = parameters(i.parameters, &format!("input '{}'", i.name))?;
+        let ip = ip.as_ref();
         if ip.is_some_and(|p| p.contains_key("shared_memory_region")) {
             return Err(ServeError::unsupported(format!(
                 "input '{}': shared memory is not supported; send the data in the request",
                 i.name
             )));
         }
+        guard(&i.name, dtype, &shape)?;
         let tensor = match param_u64(ip, "binary_data_size")? {
             Some(size) => {
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
@@ -156,10 +229,10 @@ pub fn decode_request(
                 Tensor::from_raw(dtype, shape, raw)
             }
             None => {
-                let data = i.data.as_ref().ok_or_else(|| {
+                let data = i.data.ok_or_else(|| {
                     invalid(format!("input '{}' has neither data nor binary_data_size", i.name))
                 })?;
-                Tensor::from_json(dtype, shape, data)
+                Tensor::from_json_str(dtype, shape, data.get())
             }
         }
         .map_err(|e| invalid(format!("input '{}': {e}", i.name)))?;
@@ -177,8 +250,9 @@ pub fn decode_request(
     let binary_default = param_bool(params, "binary_data_output")?.unwrap_or(false);
     let mut outputs = Vec::new();
     let mut binary_outputs = Vec::new();
-    for o in req.outputs.unwrap_or_default() {
-        let op = o.parameters.as_ref();
+    for o in req.outputs.map(|o| o.0).unwrap_or_default() {
+        let op = parameters(o.parameters, &format!("output '{}'", o.name))?;
+        let op = op.as_ref();
         if op.is_some_and(|p| p.contains_key("shared_memory_region")) {
             return Err(ServeError::unsupported(format!(
                 "output '{}': shared memory is not supported",
@@ -193,10 +267,12 @@ pub fn decode_request(
             classification,
         });
     }
-    let id = match req.id {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => s,
-        Some(other) => other.to_string(),
+    let id = match req.id.map(RawValue::get) {
+        None | Some("null") => String::new(),
+        Some(raw) => match serde_json::from_str::<String>(raw) {
+            Ok(s) => s,
+            Err(_) => raw.to_string(),
+        },
     };
     Ok(Decoded {
         request: InferRequest {
@@ -205,7 +281,10 @@ pub fn decode_request(
             id,
             inputs,
             outputs,
-            priority: param_u64(params, "priority")?.unwrap_or(0) as usize,
+            // Clients never reach the scheduler's background lane (usize::MAX).
+            priority: param_u64(params, "priority")?
+                .unwrap_or(0)
+                .min(u64::from(u32::MAX)) as usize,
             timeout: param_u64(params, "timeout")?
                 .filter(|&t| t > 0)
                 .map(Duration::from_micros),
@@ -323,12 +402,24 @@ mod tests {
         Err(invalid("no raw"))
     }
 
+    fn any(_: &str, _: DataType, _: &[usize]) -> Result<(), ServeError> {
+        Ok(())
+    }
+
     #[test]
     fn json_and_binary_inputs_mix() {
         let head = br#"{"id":"7","inputs":[{"name":"a","shape":[1,2],"datatype":"INT32","parameters":{"binary_data_size":8}},{"name":"b","shape":[2],"datatype":"FP32","data":[1.5,2]}],"outputs":[{"name":"y","parameters":{"binary_data":true,"classification":2}}],"parameters":{"priority":1,"timeout":500}}"#;
         let mut body = head.to_vec();
         body.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0]);
-        let d = decode_request("m", Some(1), Some(head.len()), Bytes::from(body), no_raw).unwrap();
+        let d = decode_request(
+            "m",
+            Some(1),
+            Some(head.len()),
+            Bytes::from(body),
+            no_raw,
+            &any,
+        )
+        .unwrap();
         let r = &d.request;
         assert_eq!(r.id, "7");
         assert_eq!(r.inputs[0].tensor.to_vec::<i32>().unwrap(), vec![1, 2]);
@@ -342,7 +433,7 @@ mod tests {
     #[test]
     fn framing_errors_are_reported() {
         let e = |h: Option<usize>, b: &[u8]| {
-            decode_request("m", None, h, Bytes::copy_from_slice(b), no_raw)
+            decode_request("m", None, h, Bytes::copy_from_slice(b), no_raw, &any)
                 .err()
                 .unwrap()
                 .message
@@ -388,7 +479,7 @@ mod tests {
                 shape: vec![-1, 2],
             })
         };
-        let d = decode_request("m", None, Some(0), Bytes::from(vec![0u8; 16]), raw).unwrap();
+        let d = decode_request("m", None, Some(0), Bytes::from(vec![0u8; 16]), raw, &any).unwrap();
         assert_eq!(d.request.inputs[0].tensor.shape, vec![2, 2]);
         assert!(d.binary_default);
     }
@@ -427,7 +518,7 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
         #[test]
         fn decoding_arbitrary_bytes_never_panics(body: Vec<u8>, header in proptest::option::of(0usize..300)) {
-            let _ = decode_request("m", None, header, Bytes::from(body), no_raw);
+            let _ = decode_request("m", None, header, Bytes::from(body), no_raw, &any);
         }
 
         #[test]
@@ -439,7 +530,7 @@ mod tests {
             let head = format!(r#"{{"inputs":[{{"name":"a","shape":{shape:?},"datatype":"{dt}","parameters":{{"binary_data_size":{size}}}}}]}}"#);
             let mut body = head.clone().into_bytes();
             body.extend_from_slice(&tail);
-            let _ = decode_request("m", None, Some(head.len()), Bytes::from(body), no_raw);
+            let _ = decode_request("m", None, Some(head.len()), Bytes::from(body), no_raw, &any);
         }
     }
 }

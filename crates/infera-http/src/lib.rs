@@ -16,9 +16,10 @@ use infera_core::{InferenceServer, ServeError};
 use serde_json::{Value, json};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate};
 use tower_http::decompression::RequestDecompressionLayer;
 
-pub use codec::{Decoded, RawInput, decode_request, encode_response};
+pub use codec::{Decoded, InputGuard, RawInput, decode_request, encode_response};
 pub use error::{ApiError, ApiResult, json_error, status_of};
 
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -32,12 +33,18 @@ struct AppState {
 /// (applied after decompression) and a panic guard.
 pub fn router(server: Arc<InferenceServer>, max_body_bytes: usize) -> Router {
     let state = AppState { server };
-    // Only inference responses are compressed: Triton's clients (the asyncio one sends
-    // Accept-Encoding by default) decompress those and nothing else.
+    // Only successful inference responses are compressed: Triton's clients (the asyncio one
+    // sends Accept-Encoding by default) decompress those and nothing else, and read error
+    // bodies as they come.
     let infer_routes = Router::new()
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
-        .layer(CompressionLayer::new());
+        .layer(
+            CompressionLayer::new().compress_when(
+                DefaultPredicate::new()
+                    .and(|status: StatusCode, _, _: &HeaderMap, _: &_| status.is_success()),
+            ),
+        );
     Router::new()
         .merge(infer_routes)
         .route("/v2", get(server_metadata))
@@ -313,21 +320,31 @@ async fn infer_inner(
         ),
     };
     let server = &s.server;
-    let decoded = decode_request(&model, version, header_len, body, || {
-        let meta = server.model_metadata(&model, version)?;
-        match meta.inputs.as_slice() {
-            [only] => Ok(RawInput {
-                name: only.name.clone(),
-                dtype: infera_core::DataType::parse(&only.datatype)
-                    .ok_or_else(|| ServeError::internal("bad datatype in metadata"))?,
-                shape: only.shape.clone(),
-            }),
-            _ => Err(ServeError::invalid(format!(
-                "raw binary requests (Inference-Header-Content-Length: 0) need a model with exactly one input; '{model}' has {}",
-                meta.inputs.len()
-            ))),
-        }
-    })?;
+    let guard = |name: &str, dtype, shape: &[usize]| {
+        server.check_input(&model, version, name, dtype, shape)
+    };
+    let decoded = decode_request(
+        &model,
+        version,
+        header_len,
+        body,
+        || {
+            let meta = server.model_metadata(&model, version)?;
+            match meta.inputs.as_slice() {
+                [only] => Ok(RawInput {
+                    name: only.name.clone(),
+                    dtype: infera_core::DataType::parse(&only.datatype)
+                        .ok_or_else(|| ServeError::internal("bad datatype in metadata"))?,
+                    shape: only.shape.clone(),
+                }),
+                _ => Err(ServeError::invalid(format!(
+                    "raw binary requests (Inference-Header-Content-Length: 0) need a model with exactly one input; '{model}' has {}",
+                    meta.inputs.len()
+                ))),
+            }
+        },
+        &guard,
+    )?;
     let response = server.infer(decoded.request).await?;
     let (body, json_len) =
         encode_response(&response, &decoded.binary_outputs, decoded.binary_default);
@@ -351,7 +368,16 @@ async fn infer_inner(
     Ok(r)
 }
 
+/// Bytes of a repository API body (index, load, unload): a config is at most 1 MiB.
+pub const MAX_CONTROL_BODY: usize = 2 << 20;
+
 fn optional_json(body: &Bytes) -> ApiResult<Value> {
+    if body.len() > MAX_CONTROL_BODY {
+        return Err(ApiError(ServeError::new(
+            infera_core::ErrorKind::TooLarge,
+            format!("a repository request body is at most {MAX_CONTROL_BODY} bytes"),
+        )));
+    }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
@@ -392,16 +418,59 @@ async fn repo_index_named(
     repo_index(State(s), body).await
 }
 
+/// Endpoints that change state take JSON (Triton's clients send it with no content type,
+/// or as `application/octet-stream` from the asyncio client) and only from the server's
+/// own origin: a page on another site can post a form or `text/plain`, never these.
+pub fn state_change_allowed(headers: &HeaderMap) -> ApiResult<()> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if essence != "application/json" && essence != "application/octet-stream" {
+            return Err(ApiError(ServeError::new(
+                infera_core::ErrorKind::UnsupportedMediaType,
+                format!(
+                    "this endpoint takes a JSON body: send it with Content-Type: application/json (got '{}')",
+                    essence.escape_debug()
+                ),
+            )));
+        }
+    }
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "same-origin" && v != "none");
+    let foreign_origin = headers.get(header::ORIGIN).is_some_and(|origin| {
+        let origin = origin.to_str().unwrap_or("");
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        origin
+            .split_once("://")
+            .is_none_or(|(_, rest)| !rest.eq_ignore_ascii_case(host))
+    });
+    if cross_site || foreign_origin {
+        return Err(ApiError(ServeError::new(
+            infera_core::ErrorKind::Forbidden,
+            "requests that change the server's state are not accepted from another site's page",
+        )));
+    }
+    Ok(())
+}
+
 async fn repo_load(
     State(s): State<AppState>,
     Path(model): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    state_change_allowed(&headers)?;
     let req = optional_json(&body_or_error(body)?)?;
     let params = req.get("parameters").and_then(Value::as_object);
     if let Some(k) = params.and_then(|p| p.keys().find(|k| k.starts_with("file:"))) {
         return Err(ApiError(ServeError::unsupported(format!(
-            "'{k}': loading model files through the API is not supported; put them in the repository"
+            "'{}': loading model files through the API is not supported; put them in the repository",
+            k.escape_debug()
         ))));
     }
     let config = match params.and_then(|p| p.get("config")) {
@@ -420,10 +489,21 @@ async fn repo_load(
 async fn repo_unload(
     State(s): State<AppState>,
     Path(model): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    optional_json(&body_or_error(body)?)?;
-    s.server.unload(&model)?;
+    state_change_allowed(&headers)?;
+    let req = optional_json(&body_or_error(body)?)?;
+    let dependents = match req.pointer("/parameters/unload_dependents") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError(ServeError::invalid(
+                "parameter 'unload_dependents' must be true or false",
+            )));
+        }
+    };
+    s.server.unload(&model, dependents).await?;
     Ok(json_ok(json!({})))
 }
 

@@ -1,23 +1,23 @@
-//! Fetching URL inputs: only from the allow-list (redirects included), with a size cap,
-//! written under a temporary name and renamed, so a file that exists is complete.
+//! Fetching URL inputs when a job reaches them: only from the allow-list (redirects
+//! included), each download capped in size while it streams, and the job's downloads
+//! capped in total. Nothing is written to disk, so a cancelled job leaves no downloads.
 
-use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use reqwest::Url;
-use tokio::io::AsyncWriteExt;
 
 use crate::JobError;
 use crate::policy::InputPolicy;
 
 pub struct Downloader {
     client: reqwest::Client,
-    max_bytes: u64,
 }
 
 impl Downloader {
-    pub fn new(policy: Arc<InputPolicy>, max_bytes: u64) -> Result<Downloader, JobError> {
+    pub fn new(policy: Arc<InputPolicy>) -> Result<Downloader, JobError> {
         // reqwest is built without a TLS crypto provider; ring is ours. An error only
         // means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -40,25 +40,12 @@ impl Downloader {
             .user_agent(concat!("infera/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| JobError::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Downloader { client, max_bytes })
+        Ok(Downloader { client })
     }
 
-    /// Downloads `url` to `dest`; the error is the reason reported for this input.
-    pub async fn fetch(&self, url: &Url, dest: &Path) -> Result<(), String> {
-        let tmp = dest.with_extension("download");
-        let result = self.fetch_to(url, &tmp).await;
-        match result {
-            Ok(()) => tokio::fs::rename(&tmp, dest)
-                .await
-                .map_err(|e| format!("cannot store the download: {e}")),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn fetch_to(&self, url: &Url, tmp: &Path) -> Result<(), String> {
+    /// Downloads `url` into memory, failing as soon as it passes `max` bytes (or
+    /// `Content-Length` says it will); the error is the reason reported for this input.
+    pub async fn fetch_bytes(&self, url: &Url, max: u64) -> Result<Bytes, String> {
         let mut resp = self
             .client
             .get(url.clone())
@@ -69,35 +56,73 @@ impl Downloader {
         if !status.is_success() {
             return Err(format!("download failed: HTTP {status}"));
         }
-        if resp.content_length().is_some_and(|n| n > self.max_bytes) {
-            return Err(format!(
-                "download is larger than the limit of {} bytes",
-                self.max_bytes
-            ));
+        let too_big = || format!("download is larger than the limit of {max} bytes");
+        if resp.content_length().is_some_and(|n| n > max) {
+            return Err(too_big());
         }
-        let mut file = tokio::fs::File::create(tmp)
-            .await
-            .map_err(|e| format!("cannot store the download: {e}"))?;
-        let mut written = 0u64;
+        let mut out = BytesMut::with_capacity(resp.content_length().unwrap_or(0).min(max) as usize);
         while let Some(chunk) = resp
             .chunk()
             .await
             .map_err(|e| format!("download failed: {}", chain(&e)))?
         {
-            written += chunk.len() as u64;
-            if written > self.max_bytes {
-                return Err(format!(
-                    "download is larger than the limit of {} bytes",
-                    self.max_bytes
-                ));
+            if (out.len() + chunk.len()) as u64 > max {
+                return Err(too_big());
             }
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| format!("cannot store the download: {e}"))?;
+            out.extend_from_slice(&chunk);
         }
-        file.sync_all()
-            .await
-            .map_err(|e| format!("cannot store the download: {e}"))
+        if out.is_empty() {
+            return Err("the download is empty".into());
+        }
+        Ok(out.freeze())
+    }
+}
+
+/// One job's fetcher: the allow-list is checked again (a resumed job's list comes from
+/// disk), each file is capped at `per_file` bytes and the job's downloads at `per_job`.
+pub struct JobFetch {
+    pub downloader: Arc<Downloader>,
+    pub policy: Arc<InputPolicy>,
+    pub per_file: u64,
+    pub per_job: u64,
+    pub used: AtomicU64,
+}
+
+impl infera_batch::Fetch for JobFetch {
+    fn fetch<'a>(&'a self, url: &'a str) -> futures::future::BoxFuture<'a, Result<Bytes, String>> {
+        Box::pin(async move {
+            let url = self.policy.check_url(url).map_err(|(reason, _)| reason)?;
+            let over = || {
+                format!(
+                    "not downloaded: the job's downloads reached their limit of {} bytes (--job-max-download-bytes)",
+                    self.per_job
+                )
+            };
+            let left = self
+                .per_job
+                .saturating_sub(self.used.load(Ordering::Relaxed));
+            if left == 0 {
+                return Err(over());
+            }
+            let data = match self
+                .downloader
+                .fetch_bytes(&url, self.per_file.min(left))
+                .await
+            {
+                Err(e) if left < self.per_file && e.contains("larger than the limit") => {
+                    return Err(over());
+                }
+                other => other?,
+            };
+            // Downloads run a few at a time: only count one in if the total stays in bounds.
+            let n = data.len() as u64;
+            self.used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    (used + n <= self.per_job).then_some(used + n)
+                })
+                .map_err(|_| over())?;
+            Ok(data)
+        })
     }
 }
 

@@ -11,17 +11,17 @@ mod download;
 pub mod policy;
 mod resolve;
 pub mod results;
+mod run;
 pub mod store;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use infera_batch::checkpoint::RunPaths;
-use infera_batch::{BatchOptions, Format, Inputs, Progress, Summary, run_batch};
+use infera_batch::{Format, Progress};
 use infera_core::InferenceServer;
 use infera_core::classify::image_classifier;
 use parking_lot::Mutex;
@@ -52,6 +52,9 @@ pub enum JobError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A server-wide limit is reached (queued jobs, disk); retry later (HTTP 429).
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl JobError {
@@ -77,7 +80,37 @@ pub struct JobConfig {
     pub batch_size: usize,
     /// Chunks in flight per job.
     pub workers: usize,
-    pub max_download_bytes: u64,
+    pub limits: JobLimits,
+}
+
+/// Per-job and per-server bounds; past them a request gets a 4xx, or inputs error rows.
+#[derive(Debug, Clone)]
+pub struct JobLimits {
+    /// Inputs of one job, as given and after folders are listed.
+    pub max_inputs: usize,
+    /// Bytes of one input file or download.
+    pub max_file_bytes: u64,
+    /// Bytes one job may download in all; past it URL inputs become error rows.
+    pub max_job_download_bytes: u64,
+    /// Jobs waiting to run, server-wide; more are refused (429).
+    pub max_queued: usize,
+    /// Bytes the jobs' folders may take on disk; past it new jobs are refused (429).
+    pub max_disk_bytes: u64,
+    /// Ended jobs are deleted (files and rows) this long after they end; `None` keeps them.
+    pub retention: Option<Duration>,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            max_inputs: 100_000,
+            max_file_bytes: 64 << 20,
+            max_job_download_bytes: 1 << 30,
+            max_queued: 1000,
+            max_disk_bytes: 10 << 30,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
 }
 
 /// What a client asks for.
@@ -101,11 +134,11 @@ pub struct JobManager {
     watchers: Mutex<HashMap<String, watch::Sender<JobRecord>>>,
     wake: Notify,
     stopping: AtomicBool,
+    /// Becomes true at shutdown: event streams end, the retention sweep stops.
+    stop: watch::Sender<bool>,
     /// Held for the manager's life: one server per data directory.
     _lock: File,
 }
-
-const MAX_INPUTS: usize = 100_000;
 
 impl JobManager {
     /// Opens (or creates) the data directory, puts jobs interrupted by a crash or stop
@@ -140,7 +173,8 @@ impl JobManager {
         }
         let policy = Arc::new(InputPolicy::new(&cfg.input_roots, &cfg.allow_urls)?);
         // Built per run (on the job's own runtime); built once here to fail early.
-        Downloader::new(policy.clone(), cfg.max_download_bytes)?;
+        Downloader::new(policy.clone())?;
+        let retention = cfg.limits.retention;
         let manager = Arc::new(JobManager {
             server,
             cfg,
@@ -150,13 +184,18 @@ impl JobManager {
             watchers: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
+            stop: watch::channel(false).0,
             _lock: lock,
         });
         tokio::spawn(manager.clone().dispatch());
+        if let Some(r) = retention {
+            tokio::spawn(manager.clone().sweep(r));
+        }
         Ok(manager)
     }
 
-    /// Checks a request and records the job; it is durable when this returns.
+    /// Checks a request and records the job; it is durable when this returns. Blocking
+    /// (an fsync'd database write): call it off the async runtime.
     pub fn submit(&self, req: JobRequest) -> Result<JobRecord, JobError> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(JobError::Conflict("the server is shutting down".into()));
@@ -176,10 +215,30 @@ impl JobManager {
                 "\"inputs\" is empty: give paths under the input roots or http(s) URLs",
             ));
         }
-        if req.inputs.len() > MAX_INPUTS {
+        let limits = &self.cfg.limits;
+        if req.inputs.len() > limits.max_inputs {
             return Err(JobError::bad(format!(
-                "{} inputs; a job takes at most {MAX_INPUTS} (folders count as one)",
-                req.inputs.len()
+                "{} inputs; a job takes at most {} (--job-max-inputs; folders count as one here)",
+                req.inputs.len(),
+                limits.max_inputs
+            )));
+        }
+        if let Some(long) = req.inputs.iter().find(|i| i.len() > MAX_INPUT_LEN) {
+            return Err(JobError::bad(format!(
+                "an input is {} bytes long; paths and URLs are at most {MAX_INPUT_LEN}",
+                long.len()
+            )));
+        }
+        let queued = self.store.lock().count(Status::Queued)?;
+        if queued >= limits.max_queued {
+            return Err(JobError::Busy(format!(
+                "{queued} jobs are waiting, the server's limit (--max-queued-jobs); retry when some have run"
+            )));
+        }
+        let used = dir_size(&self.cfg.data_dir.join("jobs"));
+        if used >= limits.max_disk_bytes {
+            return Err(JobError::Busy(format!(
+                "the jobs' files take {used} bytes, the server's limit (--jobs-max-disk-bytes); delete finished jobs or wait for --job-retention"
             )));
         }
         let refused: Vec<Refusal> = req
@@ -234,8 +293,20 @@ impl JobManager {
             .ok_or_else(|| JobError::NotFound(format!("no job '{id}'")))
     }
 
-    pub fn list(&self, status: Option<Status>, limit: usize) -> Result<Vec<JobRecord>, JobError> {
-        self.store.lock().list(status, limit)
+    /// A page of jobs, newest first, starting after `cursor` (the `next_cursor` of the
+    /// previous page); the cursor of the page's last job comes back with it.
+    pub fn list(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+        cursor: Option<i64>,
+    ) -> Result<(Vec<JobRecord>, Option<i64>), JobError> {
+        self.store.lock().list(status, limit, cursor)
+    }
+
+    /// Follows the shutdown: true once the server is stopping.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     /// Whether a cancel was asked for a job that is still finishing its current chunk.
@@ -284,7 +355,7 @@ impl JobManager {
             .subscribe())
     }
 
-    fn job_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn job_dir(&self, id: &str) -> PathBuf {
         self.cfg.data_dir.join("jobs").join(id)
     }
 
@@ -329,6 +400,7 @@ impl JobManager {
     /// `running` in the database and resume at the next start) and waits for them.
     pub async fn shutdown(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+        self.stop.send_replace(true);
         for flag in self.live.lock().values() {
             flag.store(true, Ordering::Relaxed);
         }
@@ -341,165 +413,23 @@ impl JobManager {
         }
         warn!("batch jobs did not stop within 30 s; they resume at the next start");
     }
+}
 
-    async fn dispatch(self: Arc<Self>) {
-        loop {
-            let woken = self.wake.notified();
-            while !self.stopping.load(Ordering::Relaxed)
-                && self.live.lock().len() < self.cfg.max_running.max(1)
-            {
-                let next = self.store.lock().claim_next();
-                match next {
-                    Ok(Some(rec)) => {
-                        let cancel = Arc::new(AtomicBool::new(false));
-                        self.live.lock().insert(rec.id.clone(), cancel.clone());
-                        self.publish(&rec.id);
-                        self.spawn_run(rec, cancel);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!(error = %e, "cannot read the job queue");
-                        break;
-                    }
-                }
-            }
-            if self.stopping.load(Ordering::Relaxed) {
-                return;
-            }
-            woken.await;
+/// Bytes of a path or URL a job names.
+const MAX_INPUT_LEN: usize = 4096;
+
+/// Bytes of the files under `dir` (links not followed).
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+            Ok(m) => total += m.len(),
+            Err(_) => {}
         }
     }
-
-    /// A job runs on its own thread and runtime: its file writes and fsyncs block, and must
-    /// not stall the threads that serve online requests.
-    fn spawn_run(self: &Arc<Self>, rec: JobRecord, cancel: Arc<AtomicBool>) {
-        let m = self.clone();
-        let id = rec.id.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("job-{}", &id[..8.min(id.len())]))
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(m.run(rec, cancel)),
-                    Err(e) => m.abandon(&rec.id, &format!("cannot start a runtime: {e}")),
-                }
-            });
-        if let Err(e) = spawned {
-            self.abandon(&id, &format!("cannot start a thread: {e}"));
-        }
-    }
-
-    /// A job that could not even start: it fails with the reason.
-    fn abandon(&self, id: &str, why: &str) {
-        warn!(job = %id, error = why, "batch job failed to start");
-        let _ = self
-            .store
-            .lock()
-            .set_status(id, Status::Failed, Some(why), &[Status::Running]);
-        self.live.lock().remove(id);
-        self.publish(id);
-        self.wake.notify_one();
-    }
-
-    async fn run(self: Arc<Self>, rec: JobRecord, cancel: Arc<AtomicBool>) {
-        info!(job = %rec.id, model = %rec.model, restarts = rec.restarts, "batch job started");
-        let result = self.execute(&rec, &cancel).await;
-        let interrupted = self.stopping.load(Ordering::Relaxed);
-        let outcome = match result {
-            Ok(s) if s.progress.total == 0 => Some((Status::Failed, Some("no inputs".to_string()))),
-            Ok(s) if s.progress.succeeded == 0 => Some((
-                Status::Failed,
-                Some(format!(
-                    "none of the {} inputs could be predicted; see the job's errors",
-                    s.progress.total
-                )),
-            )),
-            Ok(_) => Some((Status::Succeeded, None)),
-            Err(_) if interrupted => None,
-            Err(_) if cancel.load(Ordering::Relaxed) => {
-                Some((Status::Cancelled, Some("cancelled by request".to_string())))
-            }
-            Err(e) => Some((Status::Failed, Some(e))),
-        };
-        if let Some((status, error)) = outcome {
-            if let Err(e) =
-                self.store
-                    .lock()
-                    .set_status(&rec.id, status, error.as_deref(), &[Status::Running])
-            {
-                warn!(job = %rec.id, error = %e, "cannot record the job's end");
-            }
-            if status == Status::Succeeded || status == Status::Failed {
-                let _ = std::fs::remove_dir_all(self.job_dir(&rec.id).join("downloads"));
-            }
-            info!(job = %rec.id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "batch job ended");
-        } else {
-            info!(job = %rec.id, "batch job interrupted by shutdown; it resumes at the next start");
-        }
-        self.live.lock().remove(&rec.id);
-        self.publish(&rec.id);
-        self.wake.notify_one();
-    }
-
-    async fn execute(&self, rec: &JobRecord, cancel: &AtomicBool) -> Result<Summary, String> {
-        let dir = self.job_dir(&rec.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let output = self.output_path(rec);
-        let errors = dir.join("errors.csv");
-        let paths = RunPaths::new(&output, Some(&errors));
-        let resume = paths.checkpoint.exists();
-        if !resume && output.exists() {
-            // Finished just before the last stop, before the database heard of it.
-            return Ok(Summary {
-                progress: rec.progress.clone(),
-                resumed_from: rec.progress.done,
-                output,
-                errors,
-            });
-        }
-        let inputs = if resume {
-            info!(job = %rec.id, done = rec.progress.done, total = rec.progress.total, "resuming batch job from its checkpoint");
-            Inputs::List(Vec::new())
-        } else {
-            let downloader = Downloader::new(self.policy.clone(), self.cfg.max_download_bytes)
-                .map_err(|e| e.to_string())?;
-            let files = resolve::resolve(
-                &rec.inputs,
-                rec.recursive,
-                &self.policy,
-                &downloader,
-                &dir.join("downloads"),
-            )
-            .await;
-            if cancel.load(Ordering::Relaxed) {
-                return Err("cancelled".into());
-            }
-            Inputs::List(files)
-        };
-        let opts = BatchOptions {
-            model: rec.model.clone(),
-            inputs,
-            output,
-            errors: Some(errors),
-            format: rec.format,
-            batch_size: self.cfg.batch_size.max(1),
-            workers: self.cfg.workers.max(1),
-            resume,
-            overwrite: false,
-            priority: infera_core::scheduler::BACKGROUND,
-        };
-        let id = rec.id.clone();
-        let on_progress = |p: &Progress| {
-            if let Err(e) = self.store.lock().set_progress(&id, p) {
-                warn!(job = %id, error = %e, "cannot record progress");
-            }
-            self.publish(&id);
-        };
-        run_batch(self.server.clone(), &opts, on_progress, Some(cancel))
-            .await
-            .map_err(|e| e.to_string())
-    }
+    total
 }

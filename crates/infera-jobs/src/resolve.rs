@@ -2,12 +2,10 @@
 //! in request order, a folder's images sorted by relative path. Anything unusable becomes
 //! an error row with its reason, so every input is accounted for exactly once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use futures::StreamExt;
 use infera_batch::{InputFile, list_images};
 
-use crate::download::Downloader;
 use crate::policy::{InputPolicy, is_url};
 
 /// Local paths: folders walked, every file (links included) checked against the roots.
@@ -60,63 +58,41 @@ fn resolve_path(policy: &InputPolicy, input: &str, recursive: bool) -> Vec<Input
         .collect()
 }
 
-/// Resolves every input; URLs are downloaded into `download_dir` (a few at a time).
+/// Resolves every input: folders are listed, URLs are checked and left to be fetched when
+/// the run reaches them. More than `max_files` files in all is an error.
 pub async fn resolve(
     inputs: &[String],
     recursive: bool,
     policy: &InputPolicy,
-    downloader: &Downloader,
-    download_dir: &Path,
-) -> Vec<InputFile> {
-    // Indices, not borrowed items, for the reason given at infera-batch's `run_chunk`.
-    let parts = futures::stream::iter(0..inputs.len())
-        .map(|i| resolve_one(policy, downloader, download_dir, i, &inputs[i], recursive))
-        .buffered(4)
-        .collect::<Vec<_>>()
-        .await;
-    parts.into_iter().flatten().collect()
-}
-
-fn resolve_one<'a>(
-    policy: &'a InputPolicy,
-    downloader: &'a Downloader,
-    download_dir: &'a Path,
-    index: usize,
-    input: &'a str,
-    recursive: bool,
-) -> futures::future::BoxFuture<'a, Vec<InputFile>> {
-    Box::pin(async move {
-        if is_url(input) {
-            vec![download(policy, downloader, download_dir, index, input).await]
+    max_files: usize,
+) -> Result<Vec<InputFile>, String> {
+    let mut out = Vec::new();
+    for input in inputs {
+        let part = if is_url(input) {
+            vec![match policy.check_url(input) {
+                Ok(u) => InputFile::url(input.clone(), u.to_string()),
+                Err((reason, _)) => InputFile::invalid(input.clone(), reason),
+            }]
         } else {
             let policy = policy.clone();
-            let owned = input.to_string();
+            let owned = input.clone();
             tokio::task::spawn_blocking(move || resolve_path(&policy, &owned, recursive))
                 .await
-                .unwrap_or_else(|e| vec![InputFile::invalid(input, format!("cannot read: {e}"))])
+                .unwrap_or_else(|e| {
+                    vec![InputFile::invalid(
+                        input.clone(),
+                        format!("cannot read: {e}"),
+                    )]
+                })
+        };
+        out.extend(part);
+        if out.len() > max_files {
+            return Err(format!(
+                "the inputs hold more than {max_files} files (the per-job limit, --job-max-inputs); split the job"
+            ));
         }
-    })
-}
-
-async fn download(
-    policy: &InputPolicy,
-    downloader: &Downloader,
-    dir: &Path,
-    index: usize,
-    input: &str,
-) -> InputFile {
-    let url = match policy.check_url(input) {
-        Ok(u) => u,
-        Err((reason, _)) => return InputFile::invalid(input, reason),
-    };
-    if let Err(e) = tokio::fs::create_dir_all(dir).await {
-        return InputFile::invalid(input, format!("cannot store downloads: {e}"));
     }
-    let dest: PathBuf = dir.join(format!("{index:06}"));
-    match downloader.fetch(&url, &dest).await {
-        Ok(()) => InputFile::path(input, dest),
-        Err(reason) => InputFile::invalid(input, reason),
-    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -220,18 +220,67 @@ impl Store {
             .map_err(sql_err)
     }
 
-    /// Newest first.
-    pub fn list(&self, status: Option<Status>, limit: usize) -> Result<Vec<JobRecord>, JobError> {
+    /// A page of jobs, newest first, after `cursor` (a row number from the last page);
+    /// the cursor for the next page when there may be more.
+    pub fn list(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+        cursor: Option<i64>,
+    ) -> Result<(Vec<JobRecord>, Option<i64>), JobError> {
         let mut stmt = self
             .conn
             .prepare(&format!(
-                "SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) ORDER BY seq DESC LIMIT ?2"
+                "SELECT {COLUMNS}, seq FROM jobs WHERE (?1 IS NULL OR status = ?1) AND seq < ?3
+                 ORDER BY seq DESC LIMIT ?2"
             ))
             .map_err(sql_err)?;
         let rows = stmt
-            .query_map(params![status.map(Status::as_str), limit as i64], record)
+            .query_map(
+                params![
+                    status.map(Status::as_str),
+                    limit as i64,
+                    cursor.unwrap_or(i64::MAX)
+                ],
+                |row| Ok((record(row)?, row.get::<_, i64>(16)?)),
+            )
             .map_err(sql_err)?;
+        let page: Vec<(JobRecord, i64)> = rows.collect::<Result<_, _>>().map_err(sql_err)?;
+        let next = (page.len() == limit)
+            .then(|| page.last().map(|p| p.1))
+            .flatten();
+        Ok((page.into_iter().map(|p| p.0).collect(), next))
+    }
+
+    pub fn count(&self, status: Status) -> Result<usize, JobError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE status = ?1",
+                [status.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as usize)
+            .map_err(sql_err)
+    }
+
+    /// Jobs that ended before `ms` (succeeded, failed or cancelled).
+    pub fn ended_before(&self, ms: i64) -> Result<Vec<String>, JobError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled')
+                 AND finished_ms IS NOT NULL AND finished_ms < ?1 ORDER BY seq LIMIT 1000",
+            )
+            .map_err(sql_err)?;
+        let rows = stmt.query_map([ms], |r| r.get(0)).map_err(sql_err)?;
         rows.collect::<Result<_, _>>().map_err(sql_err)
+    }
+
+    pub fn delete(&self, id: &str) -> Result<(), JobError> {
+        self.conn
+            .execute("DELETE FROM jobs WHERE id = ?1", [id])
+            .map_err(sql_err)?;
+        Ok(())
     }
 
     /// Claims the next queued job (highest priority, then oldest) and marks it running.
@@ -378,7 +427,21 @@ mod tests {
         assert_eq!(d_job.progress.done, 4);
         assert_eq!(d_job.format, Format::Jsonl);
         assert_eq!(s.get("a").unwrap().unwrap().status, Status::Succeeded);
-        assert_eq!(s.list(None, 10).unwrap().len(), 4);
-        assert_eq!(s.list(Some(Status::Queued), 10).unwrap().len(), 3);
+        assert_eq!(s.list(None, 10, None).unwrap().0.len(), 4);
+        assert_eq!(s.list(Some(Status::Queued), 10, None).unwrap().0.len(), 3);
+        // Pages of two, newest first, then the rest.
+        let (first, next) = s.list(None, 2, None).unwrap();
+        let ids: Vec<&str> = first.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["d", "c"]);
+        let (second, last) = s.list(None, 2, next).unwrap();
+        let ids: Vec<&str> = second.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["b", "a"]);
+        assert_eq!(s.list(None, 2, last).unwrap().0.len(), 0);
+        assert_eq!(s.count(Status::Queued).unwrap(), 3);
+        // Retention: only ended jobs, by their end time.
+        assert_eq!(s.ended_before(now_ms() + 1000).unwrap(), ["a"]);
+        assert!(s.ended_before(0).unwrap().is_empty());
+        s.delete("a").unwrap();
+        assert!(s.get("a").unwrap().is_none());
     }
 }

@@ -37,6 +37,7 @@ impl Runtime {
             inter_op_threads: 1,
             parameters: Default::default(),
             model_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            max_batch_size: 0,
         };
         self.backend
             .load(path, &opts)

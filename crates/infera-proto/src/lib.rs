@@ -8,6 +8,8 @@ pub mod inference {
     tonic::include_proto!("inference");
 }
 
+pub mod guard;
+
 use std::sync::LazyLock;
 
 use prost_reflect::DescriptorPool;

@@ -91,6 +91,7 @@ pub fn check_parity(
         inter_op_threads: 1,
         parameters: Default::default(),
         model_dir: onnx_file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        max_batch_size: 0,
     };
     let mut session = backend
         .load(onnx_file, &options)

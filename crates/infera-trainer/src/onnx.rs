@@ -302,6 +302,7 @@ mod tests {
             inter_op_threads: 1,
             parameters: Default::default(),
             model_dir: dir.path().to_path_buf(),
+            max_batch_size: 0,
         };
         let mut session = infera_backend_tract::TractBackend
             .load(&path, &options)

@@ -130,6 +130,9 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         resume: args.resume,
         overwrite: args.overwrite,
         priority: 0,
+        // Local files the user chose: no download, no size cap beyond memory.
+        fetch: None,
+        max_file_bytes: u64::MAX,
     };
     let bar = ProgressBar::new(0);
     bar.set_style(

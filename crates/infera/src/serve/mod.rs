@@ -1,20 +1,23 @@
 //! `infera serve`: load the repository, then run the HTTP, gRPC and metrics endpoints
-//! until SIGTERM or Ctrl-C, draining in-flight requests before exiting.
+//! until SIGTERM or Ctrl-C, draining in-flight requests (up to `--exit-timeout-secs`)
+//! before exiting.
+
+mod listen;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use clap::Args;
 use infera_core::InferenceServer;
 use infera_core::backend::Backend;
 use infera_core::metrics::Metrics;
 use infera_core::repository::{Backends, ModelRepository, RepositoryOptions};
-use tokio_stream::StreamExt;
 use tracing::{info, warn};
+
+use listen::ConnLimits;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -108,9 +111,64 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERA_JOB_WORKERS", default_value_t = 2)]
     job_workers: usize,
 
+    /// Inputs one batch job may have, as given and after its folders are listed.
+    #[arg(long, env = "INFERA_JOB_MAX_INPUTS", default_value_t = 100_000)]
+    job_max_inputs: usize,
+
+    /// Bytes one batch job may download in all; past it its remaining URLs become error rows.
+    #[arg(long, env = "INFERA_JOB_MAX_DOWNLOAD_BYTES", default_value_t = 1 << 30)]
+    job_max_download_bytes: u64,
+
+    /// Batch jobs waiting to run; more are refused with 429.
+    #[arg(long, env = "INFERA_MAX_QUEUED_JOBS", default_value_t = 1000)]
+    max_queued_jobs: usize,
+
+    /// Bytes the jobs' files may take under --data-dir; past it new jobs are refused with 429.
+    #[arg(long, env = "INFERA_JOBS_MAX_DISK_BYTES", default_value_t = 10 << 30)]
+    jobs_max_disk_bytes: u64,
+
+    /// How long ended jobs (their results and rows) are kept, e.g. 7d, 12h, 30m; 0 keeps them.
+    #[arg(long, env = "INFERA_JOB_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    job_retention: Option<Duration>,
+
+    /// Sessions one model may open (instance_group count × versions served); a config asking
+    /// for more is refused, so one load cannot take the machine's memory.
+    #[arg(long, env = "INFERA_MAX_MODEL_SESSIONS", default_value_t = 16)]
+    max_model_sessions: usize,
+
+    /// Seconds to let in-flight requests finish after SIGTERM / Ctrl-C (Triton's default).
+    /// New inference requests get 503 meanwhile; when it passes the process exits anyway.
+    #[arg(long, env = "INFERA_EXIT_TIMEOUT_SECS", default_value_t = 30)]
+    exit_timeout_secs: u64,
+
+    /// Open connections per port; past it HTTP answers 503 and gRPC closes new connections.
+    #[arg(long, env = "INFERA_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+
+    /// Seconds an HTTP/1 client has to send a request's headers (slow clients are cut off).
+    #[arg(long, env = "INFERA_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
+
+    /// Seconds a connection may stay silent in both directions before it is closed.
+    #[arg(long, env = "INFERA_IDLE_TIMEOUT_SECS", default_value_t = 120)]
+    idle_timeout_secs: u64,
+
+    /// Concurrent HTTP/2 streams (gRPC calls) per connection.
+    #[arg(long, env = "INFERA_MAX_STREAMS", default_value_t = 256)]
+    max_streams: u32,
+
     /// Log format: "text" for people, "json" for log pipelines. Levels come from RUST_LOG.
     #[arg(long, env = "INFERA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
+    if s.trim() == "0" {
+        return Ok(None);
+    }
+    humantime::parse_duration(s).map(Some).map_err(|e| {
+        format!("'{s}' is not a duration such as 7d, 12h or 30m ({e}); 0 keeps jobs forever")
+    })
 }
 
 fn init_logging(format: &str) {
@@ -205,6 +263,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let options = RepositoryOptions {
         default_max_batch_size: args.default_max_batch_size,
         max_queue: args.max_queue_size.max(1),
+        max_sessions: args.max_model_sessions.max(1),
         ..Default::default()
     };
     let repository = Arc::new(ModelRepository::new(
@@ -222,7 +281,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .worker_threads(args.io_threads.max(1))
         .enable_all()
         .build()?;
-    runtime.block_on(serve(args, server, metrics, started))
+    let result = runtime.block_on(serve(args, server, metrics, started));
+    // Tasks a hung client still holds (or a model load in progress) must not keep the
+    // process alive past the exit deadline.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn shutdown_signal() {
@@ -251,28 +314,6 @@ async fn bind(a: SocketAddr, what: &str, flag: &str) -> anyhow::Result<tokio::ne
     })
 }
 
-/// Serves `app` until `stop` fires, then lets in-flight requests finish.
-fn spawn_axum(
-    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    mut stop: tokio::sync::broadcast::Receiver<()>,
-    what: &'static str,
-) {
-    // Small responses must not wait for delayed ACKs.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tasks.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.recv().await;
-            })
-            .await
-            .context(what)
-    });
-}
-
 async fn serve(
     args: ServeArgs,
     server: Arc<InferenceServer>,
@@ -290,6 +331,13 @@ async fn serve(
             })
             .map_err(|_| anyhow::anyhow!("cannot resolve --host {}", args.host))
     };
+    let limits = ConnLimits {
+        max_connections: args.max_connections.max(1),
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        max_streams: args.max_streams.max(1),
+    };
+    let exit_timeout = Duration::from_secs(args.exit_timeout_secs);
     let jobs = match &args.data_dir {
         Some(dir) => {
             let cfg = infera_jobs::JobConfig {
@@ -299,7 +347,14 @@ async fn serve(
                 max_running: args.max_running_jobs.max(1),
                 batch_size: args.job_batch_size.max(1),
                 workers: args.job_workers.max(1),
-                max_download_bytes: args.max_body_size as u64,
+                limits: infera_jobs::JobLimits {
+                    max_inputs: args.job_max_inputs.max(1),
+                    max_file_bytes: args.max_body_size as u64,
+                    max_job_download_bytes: args.job_max_download_bytes,
+                    max_queued: args.max_queued_jobs.max(1),
+                    max_disk_bytes: args.jobs_max_disk_bytes,
+                    retention: args.job_retention,
+                },
             };
             let m = infera_jobs::JobManager::start(server.clone(), cfg)?;
             info!(data_dir = %dir.display(), roots = ?args.batch_input_roots, urls = ?args.batch_allow_urls, "batch jobs on");
@@ -328,13 +383,14 @@ async fn serve(
                 args.max_body_size,
             ))
             .merge(infera_app::jobs::router(jobs.clone()));
-        spawn_axum(
-            &mut tasks,
+        tasks.spawn(listen::serve_http(
             listener,
             app,
+            limits,
             stop_tx.subscribe(),
-            "HTTP server",
-        );
+            exit_timeout,
+            "HTTP",
+        ));
         endpoints.push(format!("HTTP {a}"));
     }
     if args.grpc_port != 0 {
@@ -343,21 +399,22 @@ async fn serve(
         let svc = infera_grpc::service(server.clone(), args.max_body_size);
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {
-            tonic::transport::Server::builder()
+            let served = tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(limits.max_streams))
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .http2_max_header_list_size(Some(64 << 10))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-                        if let Ok(s) = &s {
-                            let _ = s.set_nodelay(true);
-                        }
-                        s
-                    }),
+                    listen::grpc_incoming(listener, limits),
                     async move {
                         let _ = stop.recv().await;
                     },
-                )
-                .await
-                .context("gRPC server")
+                );
+            // Draining ends at the exit deadline, counted from the stop signal.
+            if let Err(e) = served.await {
+                warn!(error = %e, "gRPC server stopped with an error");
+            }
         });
         endpoints.push(format!("gRPC {a}"));
     }
@@ -365,13 +422,14 @@ async fn serve(
         let a = addr(args.metrics_port)?;
         let listener = bind(a, "metrics", "--metrics-port").await?;
         let app = infera_http::metrics_router(metrics);
-        spawn_axum(
-            &mut tasks,
+        tasks.spawn(listen::serve_http(
             listener,
             app,
+            limits,
             stop_tx.subscribe(),
-            "metrics server",
-        );
+            exit_timeout,
+            "metrics",
+        ));
         endpoints.push(format!("metrics http://{a}/metrics"));
     }
     info!(
@@ -379,22 +437,23 @@ async fn serve(
         "infera ready: {}",
         endpoints.join(", ")
     );
-    tokio::select! {
-        _ = shutdown_signal() => {
-            info!("shutdown requested: draining in-flight requests");
-        }
-        Some(r) = tasks.join_next() => {
-            r??;
-        }
-    }
-    if let Some(j) = &jobs {
-        // Running jobs stop after their current chunk and resume at the next start.
-        j.shutdown().await;
-    }
+    shutdown_signal().await;
+    info!(
+        exit_timeout_secs = args.exit_timeout_secs,
+        "shutdown requested: new inference gets 503, draining in-flight requests"
+    );
     server.begin_shutdown();
     let _ = stop_tx.send(());
-    while let Some(r) = tasks.join_next().await {
-        r??;
+    let drain = async {
+        if let Some(j) = &jobs {
+            // Running jobs stop after their current chunk and resume at the next start;
+            // their event streams end.
+            j.shutdown().await;
+        }
+        while tasks.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(exit_timeout, drain).await.is_err() {
+        warn!("the exit deadline passed with requests still open; exiting anyway");
     }
     info!("infera stopped");
     Ok(())

@@ -1,8 +1,9 @@
 //! Tensors as the protocol carries them: little-endian row-major bytes, or length-prefixed
 //! byte strings for BYTES. Keeping the wire layout means binary requests are never re-encoded.
 
+mod json;
+
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::Value;
 use thiserror::Error;
 
 use crate::datatype::DataType;
@@ -42,6 +43,10 @@ pub enum TensorError {
         index: usize,
         value: String,
     },
+    #[error("more than the {expected} values the shape holds")]
+    TooManyValues { expected: usize },
+    #[error("{0}")]
+    Json(String),
     #[error("cannot join tensors of different types or shapes")]
     Mismatch,
 }
@@ -133,7 +138,7 @@ impl Tensor {
                 })
             }
             None => {
-                let strings = parse_length_prefixed(&raw)?;
+                let strings = parse_length_prefixed_at_most(&raw, n)?;
                 if strings.len() != n {
                     return Err(TensorError::StringCount {
                         shape,
@@ -200,74 +205,6 @@ impl Tensor {
                 Some(b.chunks_exact(T::SIZE).map(T::read_le).collect())
             }
             _ => None,
-        }
-    }
-
-    /// Parses protocol JSON data (nested or flat arrays) for this type and shape.
-    pub fn from_json(
-        dtype: DataType,
-        shape: Vec<usize>,
-        data: &Value,
-    ) -> Result<Tensor, TensorError> {
-        let n = element_count(&shape)?;
-        let mut flat = Vec::with_capacity(n.min(1 << 20));
-        flatten(data, &mut flat);
-        if flat.len() != n {
-            return Err(TensorError::ValueCount {
-                shape,
-                expected: n,
-                got: flat.len(),
-            });
-        }
-        if dtype == DataType::Bytes {
-            let mut strings = Vec::with_capacity(n);
-            for (index, v) in flat.iter().enumerate() {
-                match v {
-                    Value::String(s) => strings.push(Bytes::copy_from_slice(s.as_bytes())),
-                    other => return Err(bad(dtype, index, other)),
-                }
-            }
-            return Tensor::from_strings(shape, strings);
-        }
-        let size = dtype.size().unwrap_or(1);
-        let mut out = BytesMut::with_capacity(n * size);
-        for (index, v) in flat.iter().enumerate() {
-            write_json_value(dtype, v, &mut out).ok_or_else(|| bad(dtype, index, v))?;
-        }
-        Tensor::from_raw(dtype, shape, out.freeze())
-    }
-
-    /// The elements as a flat JSON array, as the protocol's JSON responses carry them.
-    pub fn to_json(&self) -> Value {
-        let raw = match &self.data {
-            TensorData::Strings(s) => {
-                return Value::Array(
-                    s.iter()
-                        .map(|e| Value::String(String::from_utf8_lossy(e).into_owned()))
-                        .collect(),
-                );
-            }
-            TensorData::Raw(b) => b,
-        };
-        fn nums<T: Element>(b: &[u8], f: impl Fn(T) -> Value) -> Value {
-            Value::Array(b.chunks_exact(T::SIZE).map(|c| f(T::read_le(c))).collect())
-        }
-        let float = |x: f64| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number);
-        match self.dtype {
-            DataType::Bool => Value::Array(raw.iter().map(|&b| Value::Bool(b != 0)).collect()),
-            DataType::U8 => nums::<u8>(raw, |x| x.into()),
-            DataType::U16 => nums::<u16>(raw, |x| x.into()),
-            DataType::U32 => nums::<u32>(raw, |x| x.into()),
-            DataType::U64 => nums::<u64>(raw, |x| x.into()),
-            DataType::I8 => nums::<i8>(raw, |x| x.into()),
-            DataType::I16 => nums::<i16>(raw, |x| x.into()),
-            DataType::I32 => nums::<i32>(raw, |x| x.into()),
-            DataType::I64 => nums::<i64>(raw, |x| x.into()),
-            DataType::F16 => nums::<half::f16>(raw, |x| float(x.to_f64())),
-            DataType::Bf16 => nums::<half::bf16>(raw, |x| float(x.to_f64())),
-            DataType::F32 => nums::<f32>(raw, |x| float(f64::from(x))),
-            DataType::F64 => nums::<f64>(raw, float),
-            DataType::Bytes => Value::Array(vec![]),
         }
     }
 
@@ -359,66 +296,20 @@ impl Tensor {
     }
 }
 
-fn bad(dtype: DataType, index: usize, v: &Value) -> TensorError {
-    let mut value = v.to_string();
-    value.truncate(64);
-    TensorError::BadValue {
-        dtype,
-        index,
-        value,
-    }
-}
-
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
-    match v {
-        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
-        other => out.push(other),
-    }
-}
-
-fn write_json_value(dtype: DataType, v: &Value, out: &mut BytesMut) -> Option<()> {
-    fn int<T: TryFrom<i64> + TryFrom<u64> + Element>(v: &Value, out: &mut BytesMut) -> Option<()> {
-        let x: T = match v {
-            Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-                (Some(i), _) => T::try_from(i).ok()?,
-                (None, Some(u)) => T::try_from(u).ok()?,
-                _ => return None,
-            },
-            Value::Bool(b) => T::try_from(i64::from(*b)).ok()?,
-            _ => return None,
-        };
-        x.write_le(out);
-        Some(())
-    }
-    let float = |v: &Value| v.as_f64();
-    match dtype {
-        DataType::Bool => out.put_u8(match v {
-            Value::Bool(b) => u8::from(*b),
-            Value::Number(n) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => n.as_u64()? as u8,
-            _ => return None,
-        }),
-        DataType::U8 => int::<u8>(v, out)?,
-        DataType::U16 => int::<u16>(v, out)?,
-        DataType::U32 => int::<u32>(v, out)?,
-        DataType::U64 => int::<u64>(v, out)?,
-        DataType::I8 => int::<i8>(v, out)?,
-        DataType::I16 => int::<i16>(v, out)?,
-        DataType::I32 => int::<i32>(v, out)?,
-        DataType::I64 => int::<i64>(v, out)?,
-        DataType::F16 => half::f16::from_f64(float(v)?).write_le(out),
-        DataType::Bf16 => half::bf16::from_f64(float(v)?).write_le(out),
-        DataType::F32 => (float(v)? as f32).write_le(out),
-        DataType::F64 => float(v)?.write_le(out),
-        DataType::Bytes => return None,
-    }
-    Some(())
-}
-
 /// Splits a BYTES wire buffer (4-byte little-endian length, then the bytes) into elements.
 pub fn parse_length_prefixed(raw: &Bytes) -> Result<Vec<Bytes>, TensorError> {
-    let mut out = Vec::new();
+    parse_length_prefixed_at_most(raw, usize::MAX)
+}
+
+/// As [`parse_length_prefixed`], failing as soon as there are more than `max` elements, so
+/// a buffer of empty strings cannot make a list much larger than the shape it claims.
+pub fn parse_length_prefixed_at_most(raw: &Bytes, max: usize) -> Result<Vec<Bytes>, TensorError> {
+    let mut out = Vec::with_capacity(max.min(raw.len() / 4));
     let mut pos = 0usize;
     while pos < raw.len() {
+        if out.len() == max {
+            return Err(TensorError::TooManyValues { expected: max });
+        }
         let left = raw.len() - pos;
         if left < 4 {
             return Err(TensorError::TruncatedString {
@@ -468,42 +359,16 @@ mod tests {
     }
 
     #[test]
-    fn json_round_trip_nested_and_flat() {
-        let t = Tensor::from_json(DataType::I32, vec![2, 2], &json!([[1, -2], [3, 4]])).unwrap();
-        assert_eq!(t.to_vec::<i32>().unwrap(), vec![1, -2, 3, 4]);
-        assert_eq!(t.to_json(), json!([1, -2, 3, 4]));
-        let f = Tensor::from_json(DataType::F32, vec![3], &json!([0.5, 1, -2.25])).unwrap();
-        assert_eq!(f.to_vec::<f32>().unwrap(), vec![0.5, 1.0, -2.25]);
-        let b = Tensor::from_json(DataType::Bool, vec![2], &json!([true, false])).unwrap();
-        assert_eq!(b.to_json(), json!([true, false]));
-    }
-
-    #[test]
-    fn json_rejects_out_of_range_and_wrong_counts() {
-        assert!(matches!(
-            Tensor::from_json(DataType::U8, vec![1], &json!([256])),
-            Err(TensorError::BadValue { index: 0, .. })
-        ));
-        assert!(matches!(
-            Tensor::from_json(DataType::I32, vec![1], &json!(["x"])),
-            Err(TensorError::BadValue { .. })
-        ));
-        assert!(matches!(
-            Tensor::from_json(DataType::F32, vec![3], &json!([1, 2])),
-            Err(TensorError::ValueCount {
-                expected: 3,
-                got: 2,
-                ..
-            })
-        ));
-    }
-
-    #[test]
     fn bytes_wire_format() {
         let t = Tensor::from_json(DataType::Bytes, vec![2], &json!(["ab", ""])).unwrap();
         let raw = t.to_raw();
         assert_eq!(&raw[..], &[2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]);
         assert_eq!(Tensor::from_raw(DataType::Bytes, vec![2], raw).unwrap(), t);
+        let three = Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(matches!(
+            Tensor::from_raw(DataType::Bytes, vec![2], three),
+            Err(TensorError::TooManyValues { expected: 2 })
+        ));
         let truncated = Bytes::from_static(&[5, 0, 0, 0, b'a']);
         assert!(matches!(
             Tensor::from_raw(DataType::Bytes, vec![1], truncated),

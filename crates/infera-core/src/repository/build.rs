@@ -1,0 +1,228 @@
+//! Building a model from its folder and config: backend choice, sessions per version and
+//! instance, I/O binding, schedulers. Nothing here touches the registry: a built model is
+//! swapped in only once it is complete and warm.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use infera_proto::inference::ModelConfig;
+use tracing::warn;
+
+use super::autocomplete::{autocomplete, bind_io};
+use super::model::{Model, ModelVersion, Runner};
+use super::{ModelRepository, ensemble, files, policy};
+use crate::backend::{Backend, LoadOptions, Session, Signature};
+use crate::config::limits::MAX_CONFIG_BYTES;
+use crate::config::{self, ConfigError, ENSEMBLE_PLATFORM, ONNX_PLATFORM};
+use crate::error::{ServeError, ServeResult};
+use crate::scheduler::Scheduler;
+use crate::stats::ModelStats;
+
+impl ModelRepository {
+    /// The config a load uses: the one given (proto-JSON), else config.pbtxt, else empty
+    /// (auto-completed from the model file).
+    pub(super) fn read_config(
+        &self,
+        name: &str,
+        dir: &Path,
+        config_json: Option<&str>,
+    ) -> ServeResult<ModelConfig> {
+        let fail = |e: ConfigError| ServeError::invalid(format!("model '{name}': {e}"));
+        let config_path = dir.join("config.pbtxt");
+        let cfg = match config_json {
+            Some(json) => config::parse_json(json).map_err(fail)?,
+            None if config_path.is_file() => {
+                let bytes =
+                    files::read_limited(&config_path, MAX_CONFIG_BYTES as u64).map_err(|e| {
+                        ServeError::invalid(format!("model '{name}': config.pbtxt: {e}"))
+                    })?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    ServeError::invalid(format!("model '{name}': config.pbtxt is not UTF-8 text"))
+                })?;
+                config::parse_pbtxt(&text).map_err(fail)?
+            }
+            None => ModelConfig::default(),
+        };
+        config::validate(&cfg, name).map_err(fail)?;
+        Ok(cfg)
+    }
+
+    pub(super) fn build(&self, name: &str, dir: &Path, mut cfg: ModelConfig) -> ServeResult<Model> {
+        let fail = |e: ConfigError| ServeError::invalid(format!("model '{name}': {e}"));
+        cfg.name = name.to_string();
+        if cfg.platform == ENSEMBLE_PLATFORM {
+            return ensemble::build(name, cfg, dir, &self.metrics).map_err(fail);
+        }
+        let backend = self.pick_backend(&mut cfg).map_err(fail)?;
+        let versions = match policy::select_versions(dir, &cfg) {
+            // A backend without model files may leave out the version folder: it is version 1.
+            Err(e) if !backend.needs_model_file() && e.field == "versions" => vec![1],
+            other => other.map_err(fail)?,
+        };
+        let model_file = if cfg.default_model_filename.is_empty() {
+            "model.onnx".to_string()
+        } else {
+            cfg.default_model_filename.clone()
+        };
+        let instances = policy::instance_count(&cfg);
+        if instances * versions.len() > self.options.max_sessions {
+            return Err(ServeError::invalid(format!(
+                "model '{name}': instance_group: {instances} instances × {} versions is over this server's limit of {} sessions per model (--max-model-sessions)",
+                versions.len(),
+                self.options.max_sessions
+            )));
+        }
+        let options = LoadOptions {
+            intra_op_threads: policy::thread_param(
+                &cfg,
+                "intra_op_thread_count",
+                (self.options.cores / instances).max(1),
+            ),
+            inter_op_threads: policy::thread_param(&cfg, "inter_op_thread_count", 1),
+            parameters: cfg
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.string_value.clone()))
+                .collect(),
+            model_dir: dir.to_path_buf(),
+            max_batch_size: cfg.max_batch_size.max(0) as usize,
+        };
+
+        let mut loaded: BTreeMap<i64, Vec<Box<dyn Session>>> = BTreeMap::new();
+        let mut signature: Option<Signature> = None;
+        for &v in &versions {
+            let path = if backend.needs_model_file() {
+                files::confined(dir, &format!("{v}/{model_file}")).map_err(|r| {
+                    ServeError::invalid(format!(
+                        "model '{name}': version {v}: default_model_filename: {}",
+                        r.0
+                    ))
+                })?
+            } else {
+                dir.join(v.to_string())
+            };
+            let mut sessions = Vec::with_capacity(instances);
+            for _ in 0..instances {
+                let s = backend
+                    .load(&path, &options)
+                    .map_err(|e| ServeError::invalid(format!("model '{name}': {e}")))?;
+                sessions.push(s);
+            }
+            let sig = sessions[0].signature().clone();
+            match &signature {
+                None => {
+                    autocomplete(&mut cfg, &sig, self.options.default_max_batch_size);
+                    signature = Some(sig);
+                }
+                Some(first) if *first != sig => {
+                    return Err(ServeError::invalid(format!(
+                        "model '{name}': version {v} has different inputs or outputs than version {}",
+                        versions[0]
+                    )));
+                }
+                Some(_) => {}
+            }
+            loaded.insert(v, sessions);
+        }
+        let signature = signature.unwrap_or_default();
+        config::validate(&cfg, name).map_err(fail)?;
+        let (inputs, outputs) = bind_io(&cfg, &signature, dir).map_err(fail)?;
+        let policy = policy::batch_policy(&cfg, self.options.max_queue);
+        let mut version_map = BTreeMap::new();
+        for (v, sessions) in loaded {
+            let stats = Arc::new(ModelStats::default());
+            let metrics = self.metrics.for_version(name, v);
+            let scheduler = Scheduler::new(
+                name,
+                sessions,
+                policy.clone(),
+                stats.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| {
+                ServeError::internal(format!("model '{name}': cannot start workers: {e}"))
+            })?;
+            version_map.insert(
+                v,
+                Arc::new(ModelVersion {
+                    version: v,
+                    runner: Runner::Scheduler(scheduler),
+                    stats,
+                    metrics,
+                }),
+            );
+        }
+        Ok(Model {
+            name: name.to_string(),
+            config_json: config::to_json(&cfg),
+            config: cfg,
+            backend: backend.name(),
+            inputs,
+            outputs,
+            model_input_count: signature.inputs.len(),
+            versions: version_map,
+        })
+    }
+
+    fn pick_backend(&self, cfg: &mut ModelConfig) -> Result<Arc<dyn Backend>, ConfigError> {
+        let want = if !cfg.backend.is_empty() {
+            cfg.backend.as_str()
+        } else if !cfg.platform.is_empty() {
+            cfg.platform.as_str()
+        } else {
+            "onnxruntime"
+        };
+        let field = if cfg.backend.is_empty() {
+            "platform"
+        } else {
+            "backend"
+        };
+        let chosen = match want {
+            "onnxruntime" | ONNX_PLATFORM => {
+                match (&self.backends.onnxruntime, &self.backends.tract) {
+                    (Some(b), _) => b.clone(),
+                    (None, Some(t)) => {
+                        warn!(model = %cfg.name, "ONNX Runtime is not available; serving with tract");
+                        t.clone()
+                    }
+                    (None, None) => {
+                        return Err(ConfigError::new(
+                            field,
+                            "ONNX Runtime was not found (set ORT_DYLIB_PATH or --onnxruntime-lib, or `pip install onnxruntime`) and this build has no tract fallback",
+                        ));
+                    }
+                }
+            }
+            "tract" => self.backends.tract.clone().ok_or_else(|| {
+                ConfigError::new(
+                    field,
+                    "this build of infera has no tract backend (build with --features tract)",
+                )
+            })?,
+            other => match self.backends.others.iter().find(|b| b.name() == other) {
+                Some(b) => b.clone(),
+                None => {
+                    let mut known = vec!["onnxruntime", "tract"];
+                    known.extend(self.backends.others.iter().map(|b| b.name()));
+                    return Err(ConfigError::new(
+                        field,
+                        format!(
+                            "'{}' is not supported: infera serves ONNX models (platform \"onnxruntime_onnx\") and the backends {known:?}",
+                            other.escape_debug()
+                        ),
+                    ));
+                }
+            },
+        };
+        if cfg.platform.is_empty() && cfg.backend.is_empty() {
+            cfg.platform = ONNX_PLATFORM.into();
+            cfg.backend = "onnxruntime".into();
+        } else if cfg.platform.is_empty() && cfg.backend == "onnxruntime" {
+            cfg.platform = ONNX_PLATFORM.into();
+        } else if cfg.backend.is_empty() && cfg.platform == ONNX_PLATFORM {
+            cfg.backend = "onnxruntime".into();
+        }
+        Ok(chosen)
+    }
+}

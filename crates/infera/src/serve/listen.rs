@@ -1,0 +1,260 @@
+//! Accepting connections with limits: a bound on open connections per port, a deadline for
+//! a request's headers, an idle timeout, and a drain on shutdown that ends at a deadline
+//! whatever the clients do.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, info, warn};
+
+/// What every port applies to its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Open connections per port; more are answered 503 (HTTP) or closed (gRPC).
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (HTTP/1).
+    pub header_timeout: Duration,
+    /// A connection with no bytes moving either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection (gRPC calls, HTTP/2 requests).
+    pub max_streams: u32,
+}
+
+/// A connection that fails once no byte has moved either way for `idle`; it holds its
+/// port's connection permit until it is dropped.
+pub struct IdleIo<T> {
+    inner: T,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T> IdleIo<T> {
+    pub fn new(inner: T, idle: Duration, permit: OwnedSemaphorePermit) -> IdleIo<T> {
+        IdleIo {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            _permit: permit,
+        }
+    }
+
+    fn moved(&mut self) {
+        let next = Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "connection idle for too long")
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.moved();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            // A client that stops reading its responses is idle too.
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for IdleIo<TcpStream> {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// Accepts the next connection that gets a permit. A failed accept (e.g. out of file
+/// descriptors) is logged and retried after a pause instead of ending the server.
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    what: &str,
+    busy: Option<&'static [u8]>,
+) -> (TcpStream, OwnedSemaphorePermit) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "{what}: cannot accept a connection; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match permits.clone().try_acquire_owned() {
+            Ok(p) => return (stream, p),
+            Err(_) => {
+                debug!("{what}: connection limit reached; refusing a connection");
+                if let Some(answer) = busy {
+                    tokio::spawn(async move {
+                        let mut stream = stream;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer))
+                                .await;
+                    });
+                }
+            }
+        }
+    }
+}
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 75\r\n\r\n{\"error\":\"the server has too many open connections; retry in a moment.\"}\r\n";
+
+/// Serves an axum app until `stop` fires, then drains: idle connections close, requests in
+/// progress finish, until `deadline`; then whatever is left is dropped.
+pub async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnLimits,
+    mut stop: broadcast::Receiver<()>,
+    deadline: Duration,
+    what: &'static str,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(limits.header_timeout))
+        .max_buf_size(64 << 10);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_header_list_size(64 << 10)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, permit) = tokio::select! {
+            c = accept(&listener, &permits, what, Some(BUSY)) => c,
+            _ = stop.recv() => break,
+        };
+        let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout, permit));
+        let svc = TowerToHyperService::new(app.clone());
+        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        info!(
+            connections = open,
+            "{what}: letting open connections finish"
+        );
+    }
+    if tokio::time::timeout(deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            "{what}: connections still open at the exit deadline ({}s, --exit-timeout-secs); closing them",
+            deadline.as_secs()
+        );
+    }
+}
+
+/// A stream of limited connections for tonic: at most `max_connections` open, each with
+/// the idle timeout.
+pub fn grpc_incoming(
+    listener: TcpListener,
+    limits: ConnLimits,
+) -> impl futures::Stream<Item = io::Result<IdleIo<TcpStream>>> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    futures::stream::unfold(listener, move |listener| {
+        let permits = permits.clone();
+        async move {
+            let (stream, permit) = accept(&listener, &permits, "gRPC", None).await;
+            Some((
+                Ok(IdleIo::new(stream, limits.idle_timeout, permit)),
+                listener,
+            ))
+        }
+    })
+}
