@@ -117,7 +117,7 @@ def test_inference_during_the_drain_gets_503(tmp_path):
     # A stream opened before the stop keeps its connection through the drain; requests
     # sent on it after the stop are refused with the server's shutting-down message.
     results = []
-    g.start_stream(callback=lambda r, e: results.append((r, e)))
+    g.start_stream(callback=lambda result, error: results.append((result, error)))
     g.async_stream_infer("simple", [a, b])
     time.sleep(0.5)
     s.proc.send_signal(signal.SIGTERM)

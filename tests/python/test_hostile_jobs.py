@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import BINARY, Server, copy_repo
-from hostile import http, peak_rss_mb
+from hostile import http as request, peak_rss_mb
 from test_batch_jobs import api, wait_for
 from test_image_preprocess import png_gray
 
@@ -196,7 +196,7 @@ def test_job_bookkeeping_never_stalls_online_inference(jobs):
     try:
         for _ in range(100):
             t0 = time.time()
-            status, _, body = http(s, "POST", "/predict", IMAGE, {"Content-Type": "image/png"})
+            status, _, body = request(s, "POST", "/predict", IMAGE, {"Content-Type": "image/png"})
             latencies.append(time.time() - t0)
             assert status == 200, body
     finally:

@@ -76,3 +76,25 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent_and_defaults_parse() {
+        Cli::command().debug_assert();
+        // Reading every flag's default catches a parser whose type differs from its field's.
+        let Command::Serve(args) = Cli::try_parse_from(["infera", "serve"]).unwrap().command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            format!("{args:?}").contains("job_retention: 604800s"),
+            true,
+            "{args:?}"
+        );
+        assert!(Cli::try_parse_from(["infera", "serve", "--job-retention", "0"]).is_ok());
+        assert!(Cli::try_parse_from(["infera", "serve", "--job-retention", "soon"]).is_err());
+    }
+}

@@ -129,7 +129,7 @@ pub struct ServeArgs {
 
     /// How long ended jobs (their results and rows) are kept, e.g. 7d, 12h, 30m; 0 keeps them.
     #[arg(long, env = "INFERA_JOB_RETENTION", default_value = "7d", value_parser = parse_retention)]
-    job_retention: Option<Duration>,
+    job_retention: Duration,
 
     /// Sessions one model may open (instance_group count × versions served); a config asking
     /// for more is refused, so one load cannot take the machine's memory.
@@ -162,11 +162,12 @@ pub struct ServeArgs {
     log_format: String,
 }
 
-fn parse_retention(s: &str) -> Result<Option<Duration>, String> {
+/// A retention such as 7d, 12h or 30m; 0 (kept forever) is `Duration::ZERO`.
+fn parse_retention(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
-        return Ok(None);
+        return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(s).map(Some).map_err(|e| {
+    humantime::parse_duration(s).map_err(|e| {
         format!("'{s}' is not a duration such as 7d, 12h or 30m ({e}); 0 keeps jobs forever")
     })
 }
@@ -353,7 +354,7 @@ async fn serve(
                     max_job_download_bytes: args.job_max_download_bytes,
                     max_queued: args.max_queued_jobs.max(1),
                     max_disk_bytes: args.jobs_max_disk_bytes,
-                    retention: args.job_retention,
+                    retention: (!args.job_retention.is_zero()).then_some(args.job_retention),
                 },
             };
             let m = infera_jobs::JobManager::start(server.clone(), cfg)?;
