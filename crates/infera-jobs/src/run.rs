@@ -20,17 +20,28 @@ impl JobManager {
             while !self.stopping.load(Ordering::Relaxed)
                 && self.live.lock().len() < self.cfg.max_running.max(1)
             {
-                let next = self.store.lock().claim_next();
-                match next {
-                    Ok(Some(rec)) => {
+                // The claim is an fsync'd write: on the blocking pool, not a request thread.
+                let m = self.clone();
+                let next = tokio::task::spawn_blocking(move || {
+                    let next = m.store.lock().claim_next();
+                    if let Ok(Some(rec)) = &next {
                         let cancel = Arc::new(AtomicBool::new(false));
-                        self.live.lock().insert(rec.id.clone(), cancel.clone());
-                        self.publish(&rec.id);
-                        self.spawn_run(rec, cancel);
+                        m.live.lock().insert(rec.id.clone(), cancel.clone());
+                        m.publish(&rec.id);
+                        return next.map(|r| r.map(|r| (r, cancel)));
                     }
-                    Ok(None) => break,
-                    Err(e) => {
+                    next.map(|_| None)
+                })
+                .await;
+                match next {
+                    Ok(Ok(Some((rec, cancel)))) => self.spawn_run(rec, cancel),
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => {
                         warn!(error = %e, "cannot read the job queue");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "the job queue task failed");
                         break;
                     }
                 }
