@@ -15,15 +15,17 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
+use infera_auth::Identity;
 use infera_batch::Format;
 use infera_http::json_error;
 use infera_jobs::{JobError, JobManager, JobRecord, JobRequest, Priority, Status, results};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 type Jobs = Option<Arc<JobManager>>;
@@ -127,51 +129,156 @@ fn summary(m: &JobManager, j: &JobRecord) -> Value {
     })
 }
 
-fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    v.get(name).filter(|x| !x.is_null())
+/// A job request's fields as raw JSON text: other fields are skipped without being kept,
+/// so no body builds a JSON tree; each field is then parsed into its own type.
+#[derive(serde::Deserialize)]
+struct JobJson<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    inputs: Option<&'a RawValue>,
+    #[serde(borrow)]
+    priority: Option<&'a RawValue>,
+    #[serde(borrow)]
+    output_format: Option<&'a RawValue>,
+    #[serde(borrow)]
+    recursive: Option<&'a RawValue>,
+}
+
+/// Inputs listed in one request; past it the parse stops.
+const MAX_LISTED_INPUTS: usize = 1_000_000;
+
+/// A string, or `None` for any other JSON value (consumed without being kept).
+struct MaybeString(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for MaybeString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MaybeString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<MaybeString, E> {
+                Ok(MaybeString(Some(v.to_string())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_unit<E>(self) -> Result<MaybeString, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<MaybeString, A::Error> {
+                while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeString(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<MaybeString, A::Error> {
+                while m
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(MaybeString(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `inputs`: one string or a list of strings.
+fn parse_inputs(raw: &RawValue) -> Result<Vec<String>, String> {
+    const WRONG: &str = "\"inputs\" must be a list of strings (paths or URLs)";
+    if let Ok(one) = serde_json::from_str::<String>(raw.get()) {
+        return Ok(vec![one]);
+    }
+    struct List;
+    impl<'de> serde::de::Visitor<'de> for List {
+        type Value = Result<Vec<String>, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of strings")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element::<MaybeString>()? {
+                match item.0 {
+                    _ if out.len() == MAX_LISTED_INPUTS => {
+                        return Ok(Err(format!(
+                            "more than {MAX_LISTED_INPUTS} inputs: split the job"
+                        )));
+                    }
+                    Some(s) => out.push(s),
+                    None => return Ok(Err(WRONG.into())),
+                }
+            }
+            Ok(Ok(out))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    serde::Deserializer::deserialize_seq(&mut de, List).map_err(|_| WRONG.to_string())?
 }
 
 /// The request body as a [`JobRequest`], with a message naming what is wrong.
-fn parse_request(body: &[u8]) -> Result<JobRequest, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        format!("bad JSON: {e}; send {{\"model\": NAME, \"inputs\": [PATH or URL, ...]}}")
-    })?;
-    if !v.is_object() {
+fn parse_request(body: &[u8], owner: Option<String>) -> Result<JobRequest, String> {
+    if body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_none_or(|&b| b != b'{')
+    {
         return Err("the body must be a JSON object".into());
     }
-    let model = field(&v, "model")
-        .and_then(Value::as_str)
-        .ok_or("\"model\" (a string) is required")?
-        .to_string();
-    let inputs = match field(&v, "inputs") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| {
-                x.as_str()
-                    .map(str::to_string)
-                    .ok_or("\"inputs\" must be a list of strings (paths or URLs)")
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        Some(Value::String(s)) => vec![s.clone()],
-        _ => return Err("\"inputs\" (a list of paths or URLs) is required".into()),
+    let v: JobJson<'_> = serde_json::from_slice(body).map_err(|e| {
+        format!("bad JSON: {e}; send {{\"model\": NAME, \"inputs\": [PATH or URL, ...]}}")
+    })?;
+    let text = |raw: Option<&RawValue>| -> Option<Result<String, String>> {
+        let raw = raw?;
+        Some(
+            serde_json::from_str::<String>(raw.get())
+                .map_err(|_| raw.get().chars().take(40).collect()),
+        )
     };
-    let priority = match field(&v, "priority") {
+    let model = match text(v.model) {
+        Some(Ok(m)) => m,
+        _ => return Err("\"model\" (a string) is required".into()),
+    };
+    let inputs = match v.inputs {
+        Some(raw) => parse_inputs(raw)?,
+        None => return Err("\"inputs\" (a list of paths or URLs) is required".into()),
+    };
+    let priority = match text(v.priority) {
         None => Priority::Normal,
-        Some(p) => p
-            .as_str()
-            .and_then(Priority::parse)
-            .ok_or_else(|| format!("\"priority\" is {p}; use \"high\", \"normal\" or \"low\""))?,
+        Some(p) => {
+            let p = p.unwrap_or_else(|raw| raw);
+            Priority::parse(&p).ok_or_else(|| {
+                format!("\"priority\" is {p:?}; use \"high\", \"normal\" or \"low\"")
+            })?
+        }
     };
-    let format = match field(&v, "output_format") {
+    let format = match text(v.output_format) {
         None => Format::Csv,
-        Some(f) => f
-            .as_str()
-            .ok_or("\"output_format\" must be \"csv\" or \"jsonl\"")?
-            .parse()?,
+        Some(Ok(f)) => f.parse()?,
+        Some(Err(_)) => return Err("\"output_format\" must be \"csv\" or \"jsonl\"".into()),
     };
-    let recursive = match field(&v, "recursive") {
+    let recursive = match v.recursive {
         None => true,
-        Some(r) => r.as_bool().ok_or("\"recursive\" must be true or false")?,
+        Some(r) => serde_json::from_str::<bool>(r.get())
+            .map_err(|_| "\"recursive\" must be true or false".to_string())?,
     };
     Ok(JobRequest {
         model,
@@ -179,13 +286,34 @@ fn parse_request(body: &[u8]) -> Result<JobRequest, String> {
         recursive,
         priority,
         format,
+        owner,
     })
 }
 
 /// Bytes of a job request: 100,000 inputs of a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 64 << 20;
 
-async fn create(State(jobs): State<Jobs>, headers: HeaderMap, body: Bytes) -> Response {
+/// The caller (anonymous on an open server).
+fn caller(who: Option<Extension<Identity>>) -> Identity {
+    who.map_or_else(Identity::anonymous, |e| e.0)
+}
+
+/// Whether `who` may see `job`: its own, or every job from the operator role up. Others'
+/// jobs answer 404, as if they did not exist.
+fn visible(who: &Identity, job: &JobRecord) -> bool {
+    who.sees_all_jobs() || job.owner.as_deref() == Some(&*who.id)
+}
+
+fn no_job(id: &str) -> Response {
+    error(JobError::NotFound(format!("no job '{id}'")))
+}
+
+async fn create(
+    State(jobs): State<Jobs>,
+    who: Option<Extension<Identity>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(m) = &jobs else {
         return jobs_off();
     };
@@ -198,10 +326,17 @@ async fn create(State(jobs): State<Jobs>, headers: HeaderMap, body: Bytes) -> Re
             &format!("a job request is at most {MAX_REQUEST_BYTES} bytes"),
         );
     }
-    let req = match parse_request(&body) {
+    let who = caller(who);
+    let req = match parse_request(&body, Some(who.id.to_string())) {
         Ok(r) => r,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
     };
+    if !who.may_use(&req.model) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            &format!("the key '{}' may not use model '{}'", who.id, req.model),
+        );
+    }
     match blocking(m, move |m| m.submit(req)).await {
         Ok(j) => {
             let location = format!("/api/inference/job/{}", j.id);
@@ -223,7 +358,11 @@ struct ListQuery {
     cursor: Option<i64>,
 }
 
-async fn list(State(jobs): State<Jobs>, Query(q): Query<ListQuery>) -> Response {
+async fn list(
+    State(jobs): State<Jobs>,
+    who: Option<Extension<Identity>>,
+    Query(q): Query<ListQuery>,
+) -> Response {
     let Some(m) = &jobs else {
         return jobs_off();
     };
@@ -241,7 +380,9 @@ async fn list(State(jobs): State<Jobs>, Query(q): Query<ListQuery>) -> Response 
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let cursor = q.cursor;
-    match blocking(m, move |m| m.list(status, limit, cursor)).await {
+    let who = caller(who);
+    let owner = (!who.sees_all_jobs()).then(|| who.id.to_string());
+    match blocking(m, move |m| m.list(status, limit, cursor, owner.as_deref())).await {
         Ok((js, next)) => {
             let views: Vec<Value> = js.iter().map(|j| summary(m, j)).collect();
             axum::Json(json!({ "jobs": views, "next_cursor": next })).into_response()
@@ -259,14 +400,17 @@ struct ShowQuery {
 
 async fn show(
     State(jobs): State<Jobs>,
+    who: Option<Extension<Identity>>,
     Path(id): Path<String>,
     Query(q): Query<ShowQuery>,
 ) -> Response {
     let Some(m) = &jobs else {
         return jobs_off();
     };
+    let asked = id.clone();
     let j = match blocking(m, move |m| m.get(&id)).await {
-        Ok(j) => j,
+        Ok(j) if visible(&caller(who), &j) => j,
+        Ok(_) => return no_job(&asked),
         Err(e) => return error(e),
     };
     if let Some(what) = q.download.as_deref() {
@@ -364,12 +508,23 @@ async fn download(m: &JobManager, j: &JobRecord, what: &str) -> Response {
         .into_response()
 }
 
-async fn cancel(State(jobs): State<Jobs>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn cancel(
+    State(jobs): State<Jobs>,
+    who: Option<Extension<Identity>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     let Some(m) = &jobs else {
         return jobs_off();
     };
     if let Err(e) = infera_http::state_change_allowed(&headers) {
         return e.into_response();
+    }
+    let who = caller(who);
+    let asked = id.clone();
+    let mine = blocking(m, move |m| m.get(&asked).map(|j| visible(&who, &j))).await;
+    if !matches!(mine, Ok(true)) {
+        return no_job(&id);
     }
     match blocking(m, move |m| m.cancel(&id)).await {
         Ok(j) => {
@@ -438,10 +593,20 @@ impl Follow {
 }
 
 /// One `progress` event per change, then `end` with the final state.
-async fn events(State(jobs): State<Jobs>, Path(id): Path<String>) -> Response {
+async fn events(
+    State(jobs): State<Jobs>,
+    who: Option<Extension<Identity>>,
+    Path(id): Path<String>,
+) -> Response {
     let Some(m) = jobs else {
         return jobs_off();
     };
+    let who = caller(who);
+    let asked = id.clone();
+    let mine = blocking(&m, move |m| m.get(&asked).map(|j| visible(&who, &j))).await;
+    if !matches!(mine, Ok(true)) {
+        return no_job(&id);
+    }
     let sid = id.clone();
     let rx = match blocking(&m, move |m| m.subscribe(&sid)).await {
         Ok(rx) => rx,

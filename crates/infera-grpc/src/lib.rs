@@ -1,5 +1,6 @@
 //! KServe v2 / Triton gRPC front-end (`inference.GRPCInferenceService`). It only translates.
 
+pub mod auth;
 mod convert;
 
 use std::pin::Pin;
@@ -95,6 +96,7 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         r: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
+        auth::allowed(r.extensions(), &r.get_ref().name)?;
         let r = r.into_inner();
         let v = version(&r.version)?;
         Ok(Response::new(ModelReadyResponse {
@@ -120,6 +122,7 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         r: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
+        auth::allowed(r.extensions(), &r.get_ref().name)?;
         let r = r.into_inner();
         let m = self
             .server
@@ -144,6 +147,8 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         r: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
+        auth::allowed(r.extensions(), &r.get_ref().model_name)?;
+        let _admission = auth::admit(r.extensions())?;
         let req = from_proto_request(r.into_inner()).map_err(status)?;
         let resp = self.server.infer(req).await.map_err(status)?;
         Ok(Response::new(to_proto_response(resp)))
@@ -155,6 +160,7 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         r: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Result<Response<StreamOut>, Status> {
+        let ext = r.extensions().clone();
         let mut incoming = r.into_inner();
         let server = self.server.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ModelStreamInferResponse, Status>>(
@@ -183,12 +189,15 @@ impl GrpcInferenceService for GrpcFrontend {
                 };
                 let server = server.clone();
                 let tx = tx.clone();
+                // Each message is checked and counted like a call of its own.
+                let checked = auth::allowed(&ext, &req.model_name).and_then(|()| auth::admit(&ext));
                 // Requests of one stream run concurrently, so they can batch with each other.
                 tokio::spawn(async move {
                     let id = req.id.clone();
-                    let out = match from_proto_request(req) {
-                        Ok(req) => server.infer(req).await,
-                        Err(e) => Err(e),
+                    let out = match (checked, from_proto_request(req)) {
+                        (Err(s), _) => Err(ServeError::new(ErrorKind::Forbidden, s.message())),
+                        (Ok(_admission), Ok(req)) => server.infer(req).await,
+                        (Ok(_), Err(e)) => Err(e),
                     };
                     let msg = match out {
                         Ok(resp) => ModelStreamInferResponse {
@@ -217,6 +226,7 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         r: Request<ModelConfigRequest>,
     ) -> Result<Response<ModelConfigResponse>, Status> {
+        auth::allowed(r.extensions(), &r.get_ref().name)?;
         let r = r.into_inner();
         let m = self.server.model(&r.name).map_err(status)?;
         m.version(version(&r.version)?).map_err(status)?;
@@ -229,11 +239,17 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         r: Request<ModelStatisticsRequest>,
     ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        if !r.get_ref().name.is_empty() {
+            auth::allowed(r.extensions(), &r.get_ref().name)?;
+        }
+        let ext = r.extensions().clone();
         let r = r.into_inner();
-        let list = self
+        let mut list = self
             .server
             .statistics(&r.name, version(&r.version)?)
             .map_err(status)?;
+        // A key limited to some models sees only theirs.
+        list.retain(|v| auth::allowed(&ext, &v.name).is_ok());
         let d = |d: &infera_core::stats::Duration64| {
             Some(StatisticDuration {
                 count: d.count,
@@ -302,6 +318,7 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         r: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        auth::allowed(r.extensions(), &r.get_ref().model_name)?;
         let r = r.into_inner();
         if let Some(k) = r.parameters.keys().find(|k| k.starts_with("file:")) {
             return Err(Status::unimplemented(format!(
@@ -332,6 +349,7 @@ impl GrpcInferenceService for GrpcFrontend {
         &self,
         r: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        auth::allowed(r.extensions(), &r.get_ref().model_name)?;
         let r = r.into_inner();
         let dependents = match r
             .parameters

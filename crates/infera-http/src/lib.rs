@@ -1,5 +1,6 @@
 //! KServe v2 / Triton HTTP front-end. It only translates between HTTP and the core.
 
+pub mod auth;
 mod codec;
 mod error;
 
@@ -75,6 +76,7 @@ pub fn router(server: Arc<InferenceServer>, max_body_bytes: usize) -> Router {
         .route("/v2/repository/{repo}/index", post(repo_index_named))
         .route("/v2/repository/models/{model}/load", post(repo_load))
         .route("/v2/repository/models/{model}/unload", post(repo_unload))
+        .route("/v2/admin/usage", get(admin_usage))
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -505,6 +507,17 @@ async fn repo_unload(
     };
     s.server.unload(&model, dependents).await?;
     Ok(json_ok(json!({})))
+}
+
+/// Per-key usage for admins (the auth middleware lets only admins through).
+async fn admin_usage(auth: Option<axum::Extension<Arc<infera_auth::Auth>>>) -> Response {
+    match auth {
+        Some(a) => json_ok(a.usage()),
+        None => json_error(
+            StatusCode::NOT_FOUND,
+            "no usage: authentication is not set up",
+        ),
+    }
 }
 
 /// The Prometheus endpoint, served on its own port as Triton does.

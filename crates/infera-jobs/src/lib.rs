@@ -121,6 +121,8 @@ pub struct JobRequest {
     pub recursive: bool,
     pub priority: Priority,
     pub format: Format,
+    /// Who asks (an API key id; `None` on an open server).
+    pub owner: Option<String>,
 }
 
 pub struct JobManager {
@@ -279,6 +281,7 @@ impl JobManager {
             progress: Progress::default(),
             error: None,
             restarts: 0,
+            owner: req.owner,
         };
         self.store.lock().insert(&rec)?;
         info!(job = %rec.id, model = %rec.model, inputs = rec.inputs.len(), priority = ?rec.priority, "batch job queued");
@@ -295,13 +298,15 @@ impl JobManager {
 
     /// A page of jobs, newest first, starting after `cursor` (the `next_cursor` of the
     /// previous page); the cursor of the page's last job comes back with it.
+    /// `owner`: only that identity's jobs (`None`: everyone's).
     pub fn list(
         &self,
         status: Option<Status>,
         limit: usize,
         cursor: Option<i64>,
+        owner: Option<&str>,
     ) -> Result<(Vec<JobRecord>, Option<i64>), JobError> {
-        self.store.lock().list(status, limit, cursor)
+        self.store.lock().list(status, limit, cursor, owner)
     }
 
     /// Follows the shutdown: true once the server is stopping.

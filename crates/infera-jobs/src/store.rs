@@ -89,6 +89,8 @@ pub struct JobRecord {
     pub error: Option<String>,
     /// Times the job was picked up again after the server stopped mid-job.
     pub restarts: i64,
+    /// The identity (API key id) that created it; callers below operator see only theirs.
+    pub owner: Option<String>,
 }
 
 pub fn now_ms() -> i64 {
@@ -107,7 +109,7 @@ pub struct Store {
 }
 
 const COLUMNS: &str = "id, model, inputs, recursive, priority, format, status, created_ms, \
-    started_ms, finished_ms, total, done, succeeded, failed, error, restarts";
+    started_ms, finished_ms, total, done, succeeded, failed, error, restarts, owner";
 
 fn sql_err(e: rusqlite::Error) -> JobError {
     JobError::Store(e.to_string())
@@ -137,6 +139,7 @@ fn record(row: &Row) -> rusqlite::Result<JobRecord> {
         },
         error: row.get(14)?,
         restarts: row.get(15)?,
+        owner: row.get(16)?,
     })
 }
 
@@ -180,6 +183,16 @@ impl Store {
              );
              CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, priority, seq);",
         )
+        .and_then(|()| {
+            // Databases from before jobs had owners get the column.
+            let has_owner = conn
+                .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'owner'")?
+                .exists([])?;
+            if !has_owner {
+                conn.execute_batch("ALTER TABLE jobs ADD COLUMN owner TEXT;")?;
+            }
+            Ok(())
+        })
         .map_err(|e| {
             JobError::Store(format!(
                 "cannot set up the job database {}: {e}",
@@ -192,8 +205,8 @@ impl Store {
     pub fn insert(&self, j: &JobRecord) -> Result<(), JobError> {
         self.conn
             .execute(
-                "INSERT INTO jobs (id, model, inputs, recursive, priority, format, status, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO jobs (id, model, inputs, recursive, priority, format, status, created_ms, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     j.id,
                     j.model,
@@ -202,7 +215,8 @@ impl Store {
                     j.priority as i64,
                     format_str(j.format),
                     j.status.as_str(),
-                    j.created_ms
+                    j.created_ms,
+                    j.owner
                 ],
             )
             .map_err(sql_err)?;
@@ -227,12 +241,13 @@ impl Store {
         status: Option<Status>,
         limit: usize,
         cursor: Option<i64>,
+        owner: Option<&str>,
     ) -> Result<(Vec<JobRecord>, Option<i64>), JobError> {
         let mut stmt = self
             .conn
             .prepare(&format!(
                 "SELECT {COLUMNS}, seq FROM jobs WHERE (?1 IS NULL OR status = ?1) AND seq < ?3
-                 ORDER BY seq DESC LIMIT ?2"
+                 AND (?4 IS NULL OR owner = ?4) ORDER BY seq DESC LIMIT ?2"
             ))
             .map_err(sql_err)?;
         let rows = stmt
@@ -240,9 +255,10 @@ impl Store {
                 params![
                     status.map(Status::as_str),
                     limit as i64,
-                    cursor.unwrap_or(i64::MAX)
+                    cursor.unwrap_or(i64::MAX),
+                    owner
                 ],
-                |row| Ok((record(row)?, row.get::<_, i64>(16)?)),
+                |row| Ok((record(row)?, row.get::<_, i64>(17)?)),
             )
             .map_err(sql_err)?;
         let page: Vec<(JobRecord, i64)> = rows.collect::<Result<_, _>>().map_err(sql_err)?;
@@ -380,6 +396,7 @@ mod tests {
             progress: Progress::default(),
             error: None,
             restarts: 0,
+            owner: Some("alice".into()),
         }
     }
 
@@ -427,17 +444,25 @@ mod tests {
         assert_eq!(d_job.progress.done, 4);
         assert_eq!(d_job.format, Format::Jsonl);
         assert_eq!(s.get("a").unwrap().unwrap().status, Status::Succeeded);
-        assert_eq!(s.list(None, 10, None).unwrap().0.len(), 4);
-        assert_eq!(s.list(Some(Status::Queued), 10, None).unwrap().0.len(), 3);
+        assert_eq!(s.list(None, 10, None, None).unwrap().0.len(), 4);
+        assert_eq!(
+            s.list(Some(Status::Queued), 10, None, None)
+                .unwrap()
+                .0
+                .len(),
+            3
+        );
         // Pages of two, newest first, then the rest.
-        let (first, next) = s.list(None, 2, None).unwrap();
+        let (first, next) = s.list(None, 2, None, None).unwrap();
         let ids: Vec<&str> = first.iter().map(|j| j.id.as_str()).collect();
         assert_eq!(ids, ["d", "c"]);
-        let (second, last) = s.list(None, 2, next).unwrap();
+        let (second, last) = s.list(None, 2, next, None).unwrap();
         let ids: Vec<&str> = second.iter().map(|j| j.id.as_str()).collect();
         assert_eq!(ids, ["b", "a"]);
-        assert_eq!(s.list(None, 2, last).unwrap().0.len(), 0);
+        assert_eq!(s.list(None, 2, last, None).unwrap().0.len(), 0);
         assert_eq!(s.count(Status::Queued).unwrap(), 3);
+        assert_eq!(s.list(None, 10, None, Some("alice")).unwrap().0.len(), 4);
+        assert_eq!(s.list(None, 10, None, Some("bob")).unwrap().0.len(), 0);
         // Retention: only ended jobs, by their end time.
         assert_eq!(s.ended_before(now_ms() + 1000).unwrap(), ["a"]);
         assert!(s.ended_before(0).unwrap().is_empty());

@@ -2,6 +2,7 @@
 
 mod embedded;
 mod evaluate;
+mod keys;
 mod optimize;
 mod predict;
 mod serve;
@@ -46,6 +47,8 @@ enum Command {
     Optimize(optimize::OptimizeArgs),
     /// Compare models: size, parameters, FLOPs per layer, latency, throughput, accuracy.
     Report(optimize::ReportArgs),
+    /// API keys for `infera serve --auth-keys`: create (printed once), list, revoke.
+    Keys(keys::KeysArgs),
 }
 
 /// Arguments passed through to the trainer (`infera train --help` shows them).
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Command::Export(f) => trainer::run("export", f.args),
         Command::Optimize(args) => optimize::run(args),
         Command::Report(args) => optimize::report_cmd(args),
+        Command::Keys(args) => keys::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 /// What every port applies to its connections.
@@ -213,8 +214,17 @@ pub async fn serve_http(
             c = accept(&listener, &permits, what, Some(BUSY)) => c,
             _ = stop.recv() => break,
         };
+        // Handlers (and the audit log) see who connected, as with axum's own server.
+        let peer = stream.peer_addr().ok();
         let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout, permit));
-        let svc = TowerToHyperService::new(app.clone());
+        let svc = TowerToHyperService::new(app.clone().map_request(
+            move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                if let Some(p) = peer {
+                    r.extensions_mut().insert(axum::extract::ConnectInfo(p));
+                }
+                r
+            },
+        ));
         let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

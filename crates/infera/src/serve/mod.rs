@@ -157,6 +157,20 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERA_MAX_STREAMS", default_value_t = 256)]
     max_streams: u32,
 
+    /// API keys (`infera keys create --file FILE ...`): callers must present one
+    /// (`Authorization: Bearer KEY`, `X-API-Key`, gRPC `authorization` metadata) and get what
+    /// its role and models allow. Reloaded when the file changes.
+    #[arg(long, env = "INFERA_AUTH_KEYS", value_name = "FILE")]
+    auth_keys: Option<PathBuf>,
+
+    /// Serve without authentication on a non-loopback address (refused otherwise).
+    #[arg(long, env = "INFERA_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+
+    /// Append one JSON line per management action and per refused request to FILE.
+    #[arg(long, env = "INFERA_AUDIT_LOG", value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+
     /// Log format: "text" for people, "json" for log pipelines. Levels come from RUST_LOG.
     #[arg(long, env = "INFERA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -315,6 +329,45 @@ async fn bind(a: SocketAddr, what: &str, flag: &str) -> anyhow::Result<tokio::ne
     })
 }
 
+/// Who may call: API keys when `--auth-keys` is given; else an open server, which only
+/// loopback addresses get without `--insecure-no-auth`.
+fn auth(args: &ServeArgs) -> anyhow::Result<Arc<infera_auth::Auth>> {
+    let audit = args
+        .audit_log
+        .as_deref()
+        .map(infera_auth::Audit::open)
+        .transpose()?;
+    let auth = match &args.auth_keys {
+        Some(file) => {
+            let a = infera_auth::Auth::with_keys(file, args.data_dir.as_deref(), audit)?;
+            info!(file = %file.display(), "API keys required");
+            tokio::spawn(a.clone().watch(Duration::from_secs(2)));
+            a
+        }
+        None => {
+            if !is_loopback(&args.host) {
+                anyhow::ensure!(
+                    args.insecure_no_auth,
+                    "--host {} accepts connections from other machines, and no authentication is set up: \
+                     give --auth-keys FILE (make one with `infera keys create`), or --insecure-no-auth to serve openly anyway",
+                    args.host
+                );
+                warn!(host = %args.host, "serving WITHOUT authentication on a non-loopback address (--insecure-no-auth)");
+            }
+            infera_auth::Auth::open(audit)
+        }
+    };
+    Ok(auth)
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn serve(
     args: ServeArgs,
     server: Arc<InferenceServer>,
@@ -339,6 +392,7 @@ async fn serve(
         max_streams: args.max_streams.max(1),
     };
     let exit_timeout = Duration::from_secs(args.exit_timeout_secs);
+    let auth = auth(&args)?;
     let jobs = match &args.data_dir {
         Some(dir) => {
             let cfg = infera_jobs::JobConfig {
@@ -384,6 +438,7 @@ async fn serve(
                 args.max_body_size,
             ))
             .merge(infera_app::jobs::router(jobs.clone()));
+        let app = infera_http::auth::protect(app, auth.clone(), &args.default_model);
         tasks.spawn(listen::serve_http(
             listener,
             app,
@@ -398,9 +453,11 @@ async fn serve(
         let a = addr(args.grpc_port)?;
         let listener = bind(a, "gRPC", "--grpc-port").await?;
         let svc = infera_grpc::service(server.clone(), args.max_body_size);
+        let grpc_auth = auth.clone();
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {
             let served = tonic::transport::Server::builder()
+                .layer(infera_grpc::auth::AuthLayer::new(grpc_auth))
                 .max_concurrent_streams(Some(limits.max_streams))
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -422,7 +479,11 @@ async fn serve(
     if args.metrics_port != 0 {
         let a = addr(args.metrics_port)?;
         let listener = bind(a, "metrics", "--metrics-port").await?;
-        let app = infera_http::metrics_router(metrics);
+        let app = infera_http::auth::protect(
+            infera_http::metrics_router(metrics),
+            auth.clone(),
+            &args.default_model,
+        );
         tasks.spawn(listen::serve_http(
             listener,
             app,
@@ -444,6 +505,8 @@ async fn serve(
         "shutdown requested: new inference gets 503, draining in-flight requests"
     );
     server.begin_shutdown();
+    let quotas = auth.clone();
+    let _ = tokio::task::spawn_blocking(move || quotas.flush()).await;
     let _ = stop_tx.send(());
     let drain = async {
         if let Some(j) = &jobs {

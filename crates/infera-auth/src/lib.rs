@@ -1,0 +1,592 @@
+//! Who may call what, for every front-end alike.
+//!
+//! A request's credential (an API key from `Authorization: Bearer …`, `X-API-Key`, or gRPC
+//! `authorization` metadata) becomes an [`Identity`] with a [`Role`]; each endpoint belongs to a
+//! [`Group`], and a role allows some groups. A key may be limited to some models, and carries
+//! rate, concurrency and quota limits. The front-ends translate: they find the credential, the
+//! group and the model, ask [`Auth::check`], and turn a [`Denied`] into 401 / 403 / 429 (or
+//! UNAUTHENTICATED / PERMISSION_DENIED / RESOURCE_EXHAUSTED).
+//!
+//! Without keys the server is open (every caller is `anonymous` with every role): that is
+//! for loopback development; `infera serve` refuses it on other addresses unless told.
+
+pub mod audit;
+pub mod keys;
+pub mod limits;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+pub use audit::Audit;
+pub use limits::{Admission, Limited};
+
+use crate::keys::{KeyEntry, KeyFile};
+use crate::limits::{Limiter, Limits, QuotaBook};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{0}")]
+    Config(String),
+}
+
+/// What a caller may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Server and model metadata, configs, statistics.
+    Reader,
+    /// Also inference (v2, `/predict`, TorchServe), streams, and its own batch jobs.
+    Infer,
+    /// Also repository load/unload/index, every batch job, management.
+    Operator,
+    /// Also keys, usage and the audit log.
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "reader" | "read" => Role::Reader,
+            "infer" | "inference" => Role::Infer,
+            "operator" | "ops" => Role::Operator,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Infer => "infer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn allows(self, group: Group) -> bool {
+        match group {
+            Group::Public => true,
+            Group::Read => self >= Role::Reader,
+            Group::Infer => self >= Role::Infer,
+            Group::Operate => self >= Role::Operator,
+            Group::Admin => self >= Role::Admin,
+        }
+    }
+}
+
+/// Endpoints grouped by what they let a caller do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// Health and readiness (Kubernetes probes), the web page itself.
+    Public,
+    Read,
+    Infer,
+    Operate,
+    Admin,
+}
+
+impl Group {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Public => "public",
+            Group::Read => "read",
+            Group::Infer => "infer",
+            Group::Operate => "operate",
+            Group::Admin => "admin",
+        }
+    }
+}
+
+/// A caller, as the front-ends hand it to handlers (request extensions).
+#[derive(Clone)]
+pub struct Identity {
+    pub id: Arc<str>,
+    pub role: Role,
+    models: Option<Arc<HashSet<String>>>,
+    state: Option<Arc<KeyState>>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl Identity {
+    /// The caller of an open server: every role, every model.
+    pub fn anonymous() -> Identity {
+        Identity {
+            id: Arc::from("anonymous"),
+            role: Role::Admin,
+            models: None,
+            state: None,
+        }
+    }
+
+    /// The caller of a public endpoint (health, the page): no role beyond reading, no model.
+    pub fn public() -> Identity {
+        Identity {
+            id: Arc::from("public"),
+            role: Role::Reader,
+            models: Some(Arc::new(HashSet::new())),
+            state: None,
+        }
+    }
+
+    /// Whether this caller may use `model` (a key may be limited to some models).
+    pub fn may_use(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+
+    /// Whether this caller sees every batch job, not only its own.
+    pub fn sees_all_jobs(&self) -> bool {
+        self.role >= Role::Operator
+    }
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Denied {
+    /// No credential, or one that is not valid (401 / UNAUTHENTICATED).
+    Unauthenticated(String),
+    /// Valid, but not allowed this (403 / PERMISSION_DENIED).
+    Forbidden(String),
+    /// Over a rate, concurrency or quota limit (429 / RESOURCE_EXHAUSTED).
+    Limited(Limited),
+}
+
+impl Denied {
+    pub fn message(&self) -> &str {
+        match self {
+            Denied::Unauthenticated(m) | Denied::Forbidden(m) => m,
+            Denied::Limited(l) => &l.message,
+        }
+    }
+}
+
+/// One key's settings and live limits.
+struct KeyState {
+    entry: KeyEntry,
+    digest: [u8; 32],
+    limiter: Limiter,
+    allowed: AtomicU64,
+    refused: AtomicU64,
+}
+
+#[derive(Default)]
+struct KeyIndex {
+    by_digest: HashMap<[u8; 32], Arc<KeyState>>,
+}
+
+fn digest_of(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub struct Auth {
+    keys_file: Option<PathBuf>,
+    index: RwLock<Arc<KeyIndex>>,
+    quotas: QuotaBook,
+    audit: Option<Audit>,
+}
+
+/// How the file looked when it was last read, to notice changes.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl Auth {
+    /// No authentication: everyone is `anonymous` with every role.
+    pub fn open(audit: Option<Audit>) -> Arc<Auth> {
+        Arc::new(Auth {
+            keys_file: None,
+            index: RwLock::new(Arc::default()),
+            quotas: QuotaBook::open(None),
+            audit,
+        })
+    }
+
+    /// API keys from `keys_file`; quotas kept in `quota_dir` (the data directory) if given.
+    pub fn with_keys(
+        keys_file: &Path,
+        quota_dir: Option<&Path>,
+        audit: Option<Audit>,
+    ) -> Result<Arc<Auth>, AuthError> {
+        let auth = Auth {
+            keys_file: Some(keys_file.to_path_buf()),
+            index: RwLock::new(Arc::default()),
+            quotas: QuotaBook::open(quota_dir),
+            audit,
+        };
+        auth.reload()?;
+        Ok(Arc::new(auth))
+    }
+
+    /// Whether callers must present a credential.
+    pub fn required(&self) -> bool {
+        self.keys_file.is_some()
+    }
+
+    /// Reads the key file again; keys whose settings did not change keep their limits' state.
+    pub fn reload(&self) -> Result<usize, AuthError> {
+        let Some(path) = &self.keys_file else {
+            return Ok(0);
+        };
+        let file = KeyFile::load(path, false)?;
+        let old = self.index.read().clone();
+        let mut by_digest = HashMap::new();
+        for entry in file.keys {
+            let digest = digest_of(&entry.sha256)
+                .ok_or_else(|| AuthError::Config(format!("key '{}': bad sha256", entry.id)))?;
+            let state = match old.by_digest.get(&digest) {
+                Some(s) if s.entry == entry => s.clone(),
+                _ => {
+                    let limits = Limits::from_entry(&entry).map_err(AuthError::Config)?;
+                    Arc::new(KeyState {
+                        entry,
+                        digest,
+                        limiter: Limiter::new(limits),
+                        allowed: AtomicU64::new(0),
+                        refused: AtomicU64::new(0),
+                    })
+                }
+            };
+            by_digest.insert(digest, state);
+        }
+        let n = by_digest.len();
+        *self.index.write() = Arc::new(KeyIndex { by_digest });
+        Ok(n)
+    }
+
+    /// Polls the key file and reloads it when it changes; a broken file keeps the keys that
+    /// were loaded (and says why in the log). Also flushes quota usage.
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        let mut seen = self.keys_file.as_deref().and_then(stamp);
+        loop {
+            tokio::time::sleep(every).await;
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = me.quotas.flush() {
+                    warn!(error = %e, "cannot save quota usage");
+                }
+            })
+            .await;
+            let Some(path) = self.keys_file.as_deref() else {
+                continue;
+            };
+            let now = stamp(path);
+            if now != seen {
+                seen = now;
+                match self.reload() {
+                    Ok(n) => info!(keys = n, file = %path.display(), "API keys reloaded"),
+                    Err(e) => {
+                        warn!(error = %e, "the key file changed but cannot be used; the keys loaded before stay")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Saves quota usage now (at shutdown). Blocking.
+    pub fn flush(&self) {
+        if let Err(e) = self.quotas.flush() {
+            warn!(error = %e, "cannot save quota usage");
+        }
+    }
+
+    /// The identity behind a credential.
+    pub fn authenticate(&self, credential: Option<&str>) -> Result<Identity, Denied> {
+        if !self.required() {
+            return Ok(Identity::anonymous());
+        }
+        let Some(key) = credential.map(str::trim).filter(|k| !k.is_empty()) else {
+            return Err(Denied::Unauthenticated(
+                "an API key is required: send it as 'Authorization: Bearer KEY' (or X-API-Key)"
+                    .into(),
+            ));
+        };
+        let presented = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let index = self.index.read().clone();
+        let found = presented
+            .as_ref()
+            .try_into()
+            .ok()
+            .and_then(|d: [u8; 32]| index.by_digest.get(&d))
+            .filter(|s| bool::from(s.digest.ct_eq(presented.as_ref())));
+        match found {
+            Some(s) => Ok(Identity {
+                id: Arc::from(s.entry.id.as_str()),
+                role: s.entry.role,
+                models: s
+                    .entry
+                    .models
+                    .as_ref()
+                    .map(|m| Arc::new(m.iter().cloned().collect())),
+                state: Some(s.clone()),
+            }),
+            None => Err(Denied::Unauthenticated("the API key is not valid".into())),
+        }
+    }
+
+    /// Whether `who` may call an endpoint of `group` (for `model`, when it names one).
+    pub fn authorize(
+        &self,
+        who: &Identity,
+        group: Group,
+        model: Option<&str>,
+    ) -> Result<(), Denied> {
+        if !who.role.allows(group) {
+            return Err(Denied::Forbidden(format!(
+                "the key '{}' has the role {}, which may not call {} endpoints",
+                who.id,
+                who.role.as_str(),
+                group.as_str()
+            )));
+        }
+        if let Some(m) = model
+            && !who.may_use(m)
+        {
+            return Err(Denied::Forbidden(format!(
+                "the key '{}' may not use model '{m}'",
+                who.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts a request of `cost` (images for batch requests) against `who`'s limits.
+    pub fn admit(&self, who: &Identity, cost: u32) -> Result<Admission, Denied> {
+        let Some(state) = &who.state else {
+            return Ok(Admission::default());
+        };
+        let admitted = state.limiter.admit(cost).and_then(|a| {
+            if let Some(q) = state.limiter.limits.quota {
+                self.quotas.charge(&state.entry.id, q, u64::from(cost))?;
+            }
+            Ok(a)
+        });
+        match admitted {
+            Ok(a) => {
+                state.allowed.fetch_add(1, Ordering::Relaxed);
+                Ok(a)
+            }
+            Err(l) => {
+                state.refused.fetch_add(1, Ordering::Relaxed);
+                Err(Denied::Limited(l))
+            }
+        }
+    }
+
+    /// Authenticates, authorizes and (for inference) admits a request; refusals are audited.
+    pub fn check(
+        &self,
+        credential: Option<&str>,
+        group: Group,
+        model: Option<&str>,
+        cost: Option<u32>,
+        from: &str,
+        what: &str,
+    ) -> Result<(Identity, Admission), Denied> {
+        if group == Group::Public {
+            return Ok((Identity::public(), Admission::default()));
+        }
+        let result = self.authenticate(credential).and_then(|who| {
+            self.authorize(&who, group, model)?;
+            let admission = match cost {
+                Some(c) => self.admit(&who, c)?,
+                None => Admission::default(),
+            };
+            Ok((who, admission))
+        });
+        if let Err(d) = &result {
+            let who = match d {
+                Denied::Unauthenticated(_) => "-".to_string(),
+                _ => self
+                    .authenticate(credential)
+                    .map_or_else(|_| "-".into(), |w| w.id.to_string()),
+            };
+            let outcome = match d {
+                Denied::Unauthenticated(m) => format!("401 {m}"),
+                Denied::Forbidden(m) => format!("403 {m}"),
+                Denied::Limited(l) => format!("429 {}", l.message),
+            };
+            self.audit(&who, what, model.unwrap_or(""), &outcome, from);
+        }
+        result
+    }
+
+    /// Records a management action or a refusal in the audit log, if there is one.
+    pub fn audit(&self, who: &str, action: &str, target: &str, outcome: &str, from: &str) {
+        if let Some(a) = &self.audit {
+            a.record(who, action, target, outcome, from);
+        }
+    }
+
+    /// Per-key usage for admins: requests allowed and refused since start, quota used.
+    pub fn usage(&self) -> Value {
+        let index = self.index.read().clone();
+        let mut keys: Vec<Value> = index
+            .by_digest
+            .values()
+            .map(|s| {
+                let quota = self.quotas.used(&s.entry.id);
+                json!({
+                    "id": s.entry.id,
+                    "role": s.entry.role,
+                    "models": s.entry.models,
+                    "allowed": s.allowed.load(Ordering::Relaxed),
+                    "refused": s.refused.load(Ordering::Relaxed),
+                    "rate": s.entry.rate,
+                    "burst": s.entry.burst,
+                    "quota": s.entry.quota,
+                    "quota_period": quota.as_ref().map(|q| q.0.clone()),
+                    "quota_used": quota.map(|q| q.1),
+                })
+            })
+            .collect();
+        keys.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        json!({
+            "keys": keys,
+            "audit_lines_dropped": self.audit.as_ref().map_or(0, Audit::dropped),
+        })
+    }
+}
+
+/// The credential in `Authorization: Bearer KEY` or `X-API-Key: KEY` header values.
+pub fn credential<'a>(authorization: Option<&'a str>, api_key: Option<&'a str>) -> Option<&'a str> {
+    authorization
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
+        })
+        .or(api_key.map(str::trim))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_file(dir: &Path, entries: Vec<KeyEntry>) -> (PathBuf, Vec<String>) {
+        let path = dir.join("keys.toml");
+        let mut f = KeyFile::default();
+        let keys = entries.into_iter().map(|e| f.create(e).unwrap()).collect();
+        f.save(&path).unwrap();
+        (path, keys)
+    }
+
+    fn entry(id: &str, role: Role, models: Option<&[&str]>) -> KeyEntry {
+        KeyEntry {
+            id: id.into(),
+            sha256: String::new(),
+            role,
+            models: models.map(|m| m.iter().map(|s| s.to_string()).collect()),
+            rate: None,
+            burst: None,
+            quota: None,
+            concurrency: None,
+            created: String::new(),
+        }
+    }
+
+    #[test]
+    fn roles_allow_their_groups_and_keys_their_models() {
+        assert!(Role::Reader.allows(Group::Read) && !Role::Reader.allows(Group::Infer));
+        assert!(Role::Infer.allows(Group::Infer) && !Role::Infer.allows(Group::Operate));
+        assert!(Role::Operator.allows(Group::Operate) && !Role::Operator.allows(Group::Admin));
+        assert!(Role::Admin.allows(Group::Admin) && Role::Reader.allows(Group::Public));
+        let d = tempfile::tempdir().unwrap();
+        let (path, keys) = key_file(
+            d.path(),
+            vec![
+                entry("shop", Role::Infer, Some(&["fashion_mnist_image"])),
+                entry("ops", Role::Operator, None),
+            ],
+        );
+        let auth = Auth::with_keys(&path, None, None).unwrap();
+        let shop = auth.authenticate(Some(&keys[0])).unwrap();
+        assert_eq!(&*shop.id, "shop");
+        auth.authorize(&shop, Group::Infer, Some("fashion_mnist_image"))
+            .unwrap();
+        assert!(matches!(
+            auth.authorize(&shop, Group::Infer, Some("iris")),
+            Err(Denied::Forbidden(m)) if m.contains("iris")
+        ));
+        assert!(matches!(
+            auth.authorize(&shop, Group::Operate, None),
+            Err(Denied::Forbidden(_))
+        ));
+        let ops = auth.authenticate(Some(&keys[1])).unwrap();
+        auth.authorize(&ops, Group::Operate, Some("iris")).unwrap();
+        assert!(matches!(
+            auth.authenticate(None),
+            Err(Denied::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            auth.authenticate(Some("inf_forged")),
+            Err(Denied::Unauthenticated(m)) if m.contains("not valid")
+        ));
+        assert!(matches!(
+            auth.authenticate(Some(&keys[1][..20])),
+            Err(Denied::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn an_open_server_lets_everyone_do_everything() {
+        let auth = Auth::open(None);
+        let who = auth.authenticate(None).unwrap();
+        auth.authorize(&who, Group::Admin, Some("any")).unwrap();
+        assert!(!auth.required());
+    }
+
+    #[test]
+    fn credentials_come_from_bearer_or_x_api_key() {
+        assert_eq!(credential(Some("Bearer abc"), None), Some("abc"));
+        assert_eq!(credential(Some("bearer  abc "), None), Some("abc"));
+        assert_eq!(credential(Some("Basic xyz"), Some("k")), Some("k"));
+        assert_eq!(credential(None, Some(" k ")), Some("k"));
+        assert_eq!(credential(None, None), None);
+    }
+
+    #[test]
+    fn edits_to_the_key_file_take_effect_and_keep_limits_of_unchanged_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let mut limited = entry("slow", Role::Infer, None);
+        limited.rate = Some("1/h".into());
+        let (path, keys) = key_file(d.path(), vec![limited, entry("b", Role::Reader, None)]);
+        let auth = Auth::with_keys(&path, None, None).unwrap();
+        let slow = auth.authenticate(Some(&keys[0])).unwrap();
+        auth.admit(&slow, 1).unwrap();
+        assert!(matches!(auth.admit(&slow, 1), Err(Denied::Limited(_))));
+        // Revoke b; slow's bucket stays empty across the reload.
+        let mut f = KeyFile::load(&path, false).unwrap();
+        f.revoke("b").unwrap();
+        f.save(&path).unwrap();
+        auth.reload().unwrap();
+        assert!(auth.authenticate(Some(&keys[1])).is_err());
+        let slow = auth.authenticate(Some(&keys[0])).unwrap();
+        assert!(matches!(auth.admit(&slow, 1), Err(Denied::Limited(_))));
+        // A broken edit keeps the keys that were loaded.
+        std::fs::write(&path, "not toml [").unwrap();
+        assert!(auth.reload().is_err());
+        assert!(auth.authenticate(Some(&keys[0])).is_ok());
+    }
+}

@@ -1,0 +1,236 @@
+//! Authentication, roles and limits for everything on the HTTP port (v2, the app API, batch
+//! jobs, admin), as one axum middleware in front of the routes. It finds the credential, the
+//! endpoint group and the model a request names, asks [`infera_auth::Auth::check`], and answers
+//! 401 / 403 / 429 itself; admitted requests carry their [`Identity`] to the handlers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use infera_auth::{Auth, Denied, Group, Identity};
+
+use crate::json_error;
+
+#[derive(Clone)]
+pub struct AuthState {
+    pub auth: Arc<Auth>,
+    /// The model `/predict` uses when the request names none.
+    pub default_model: Arc<str>,
+}
+
+/// What a request is: its endpoint group, the model it names, whether it counts against
+/// the caller's rate and quota, and whether it is a management action for the audit log.
+#[derive(Debug, PartialEq)]
+pub struct Endpoint {
+    pub group: Group,
+    pub model: Option<String>,
+    pub counts: bool,
+    pub audited: bool,
+}
+
+fn decode(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The endpoint group of a request, from its method and path (as the router will see them).
+pub fn classify(method: &Method, path: &str, query: Option<&str>, default_model: &str) -> Endpoint {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let e = |group, model: Option<&str>, counts, audited| Endpoint {
+        group,
+        model: model.map(decode),
+        counts,
+        audited,
+    };
+    let query_model = || {
+        query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("model="))
+            .map(decode)
+    };
+    match parts.as_slice() {
+        [""] | ["index.html"] | ["health"] | ["ping"] | ["v2", "health", ..] => {
+            e(Group::Public, None, false, false)
+        }
+        ["v2", "models", "stats"] => e(Group::Read, None, false, false),
+        ["v2", "models", m, "infer"] | ["v2", "models", m, "versions", _, "infer"] => {
+            e(Group::Infer, Some(m), true, false)
+        }
+        ["v2", "models", m, ..] => e(Group::Read, Some(m), false, false),
+        ["v2", "repository", "models", m, _] => e(Group::Operate, Some(m), false, true),
+        ["v2", "repository", ..] => e(Group::Operate, None, false, false),
+        ["v2", "admin", ..] => e(Group::Admin, None, false, false),
+        ["predict"] | ["predict", "batch"] => Endpoint {
+            group: Group::Infer,
+            model: Some(query_model().unwrap_or_else(|| default_model.to_string())),
+            counts: true,
+            audited: false,
+        },
+        ["predictions", m, ..] => e(Group::Infer, Some(m), true, false),
+        // Jobs: the model (in the body) and ownership are checked by the handlers.
+        ["api", "inference", ..] => e(
+            Group::Infer,
+            None,
+            *method == Method::POST,
+            *method != Method::GET,
+        ),
+        _ => e(Group::Read, None, false, false),
+    }
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The refusal as HTTP: 401 with `WWW-Authenticate`, 403, or 429 with `Retry-After` and
+/// the `RateLimit-*` fields.
+pub fn denied(d: &Denied) -> Response {
+    match d {
+        Denied::Unauthenticated(m) => {
+            let mut r = json_error(StatusCode::UNAUTHORIZED, m);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"infera\""),
+            );
+            r
+        }
+        Denied::Forbidden(m) => json_error(StatusCode::FORBIDDEN, m),
+        Denied::Limited(l) => {
+            let mut r = json_error(StatusCode::TOO_MANY_REQUESTS, &l.message);
+            let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            let h = r.headers_mut();
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(secs(l.retry_after).max(1)),
+            );
+            h.insert("ratelimit-limit", HeaderValue::from(l.limit));
+            h.insert("ratelimit-remaining", HeaderValue::from(0));
+            h.insert("ratelimit-reset", HeaderValue::from(secs(l.reset).max(1)));
+            r
+        }
+    }
+}
+
+/// The middleware: `axum::middleware::from_fn_with_state(state, auth::layer)`.
+pub async fn layer(State(s): State<AuthState>, mut req: Request, next: Next) -> Response {
+    let ep = classify(
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        &s.default_model,
+    );
+    let headers = req.headers();
+    let cred = infera_auth::credential(
+        header_str(headers, "authorization"),
+        header_str(headers, "x-api-key"),
+    );
+    let from = header_str(headers, "x-forwarded-for")
+        .map(str::to_string)
+        .or_else(|| {
+            req.extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+        })
+        .unwrap_or_default();
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let (who, admission) = match s.auth.check(
+        cred,
+        ep.group,
+        ep.model.as_deref(),
+        ep.counts.then_some(1),
+        &from,
+        &what,
+    ) {
+        Ok(ok) => ok,
+        Err(d) => return denied(&d),
+    };
+    req.extensions_mut().insert(who.clone());
+    req.extensions_mut().insert(s.auth.clone());
+    let mut resp = next.run(req).await;
+    if ep.audited || ep.group == Group::Admin {
+        s.auth.audit(
+            &who.id,
+            &what,
+            ep.model.as_deref().unwrap_or(""),
+            resp.status().as_str(),
+            &from,
+        );
+    }
+    if let (Some(limit), Some(remaining)) = (admission.limit, admission.remaining) {
+        let h = resp.headers_mut();
+        h.insert("ratelimit-limit", HeaderValue::from(limit));
+        h.insert("ratelimit-remaining", HeaderValue::from(remaining));
+    }
+    drop(admission);
+    resp
+}
+
+/// `router` behind [`layer`].
+pub fn protect(router: axum::Router, auth: Arc<Auth>, default_model: &str) -> axum::Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        AuthState {
+            auth,
+            default_model: Arc::from(default_model),
+        },
+        layer,
+    ))
+}
+
+/// The caller of a request that went through [`layer`] (anonymous on an open server).
+pub fn identity(extensions: &axum::http::Extensions) -> Identity {
+    extensions
+        .get::<Identity>()
+        .cloned()
+        .unwrap_or_else(Identity::anonymous)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_fall_into_their_groups() {
+        let c = |m: Method, p: &str, q: Option<&str>| classify(&m, p, q, "fashion_mnist_image");
+        assert_eq!(
+            c(Method::GET, "/v2/health/ready", None).group,
+            Group::Public
+        );
+        assert_eq!(c(Method::GET, "/ping", None).group, Group::Public);
+        assert_eq!(c(Method::GET, "/", None).group, Group::Public);
+        let e = c(Method::POST, "/v2/models/iris/versions/1/infer", None);
+        assert_eq!(
+            (e.group, e.model.as_deref(), e.counts),
+            (Group::Infer, Some("iris"), true)
+        );
+        let e = c(Method::GET, "/v2/models/ir%69s/config", None);
+        assert_eq!((e.group, e.model.as_deref()), (Group::Read, Some("iris")));
+        let e = c(Method::POST, "/v2/repository/models/iris/unload", None);
+        assert_eq!(
+            (e.group, e.model.as_deref(), e.audited),
+            (Group::Operate, Some("iris"), true)
+        );
+        assert_eq!(
+            c(Method::POST, "/v2/repository/index", None).group,
+            Group::Operate
+        );
+        let e = c(Method::POST, "/predict", Some("model=iris&x=1"));
+        assert_eq!((e.group, e.model.as_deref()), (Group::Infer, Some("iris")));
+        let e = c(Method::POST, "/predict/batch", None);
+        assert_eq!(e.model.as_deref(), Some("fashion_mnist_image"));
+        assert_eq!(
+            c(Method::POST, "/predictions/iris/2", None)
+                .model
+                .as_deref(),
+            Some("iris")
+        );
+        assert_eq!(c(Method::GET, "/v2/admin/usage", None).group, Group::Admin);
+        let e = c(Method::DELETE, "/api/inference/job/x", None);
+        assert_eq!((e.group, e.audited), (Group::Infer, true));
+        assert_eq!(c(Method::GET, "/nowhere", None).group, Group::Read);
+    }
+}
