@@ -26,7 +26,10 @@ class PortTaken(Exception):
 
 
 class Server:
-    def __init__(self, repo, *extra, env=None):
+    def __init__(self, repo, *extra, env=None, ca=None):
+        # ca: the CA of a TLS server's certificate (or an ssl.SSLContext), for the readiness
+        # check over HTTPS.
+        self.ca = ca
         # A port picked free can be taken by another process before infera binds it: retry.
         for attempt in range(3):
             try:
@@ -49,6 +52,11 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
         deadline = time.time() + 30
+        scheme, context = "http", None
+        if self.ca:
+            import ssl
+            context = self.ca if isinstance(self.ca, ssl.SSLContext) else ssl.create_default_context(cafile=str(self.ca))
+            scheme = "https"
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 log = self.log_path.read_text()
@@ -56,7 +64,8 @@ class Server:
                     raise PortTaken(log)
                 raise RuntimeError(f"infera exited early:\n{log}")
             try:
-                with urllib.request.urlopen(f"http://{self.http}/v2/health/ready", timeout=1) as r:
+                with urllib.request.urlopen(f"{scheme}://{self.http}/v2/health/ready", timeout=1,
+                                            context=context) as r:
                     if r.status == 200:
                         return
             except OSError:

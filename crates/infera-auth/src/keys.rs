@@ -11,6 +11,7 @@
 //! burst = 100                        # optional: bucket size (default: one second of rate)
 //! quota = "100000/day"               # optional: per day or month, survives restarts
 //! concurrency = 16                   # optional: requests in progress at once
+//! certificate = "edge.factory.local" # optional: a client certificate name standing for it
 //! created = "2026-12-01T10:00:00Z"
 //! ```
 
@@ -42,6 +43,9 @@ pub struct KeyEntry {
     pub quota: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// A client certificate name (subject CN or SAN) that stands for this key, with mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub created: String,
 }
@@ -178,6 +182,7 @@ mod tests {
             burst: Some(5),
             quota: Some("1000/day".into()),
             concurrency: None,
+            certificate: None,
             created: "now".into(),
         }
     }

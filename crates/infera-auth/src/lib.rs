@@ -145,6 +145,19 @@ impl Identity {
         }
     }
 
+    fn of(s: &Arc<KeyState>) -> Identity {
+        Identity {
+            id: Arc::from(s.entry.id.as_str()),
+            role: s.entry.role,
+            models: s
+                .entry
+                .models
+                .as_ref()
+                .map(|m| Arc::new(m.iter().cloned().collect())),
+            state: Some(s.clone()),
+        }
+    }
+
     /// Whether this caller may use `model` (a key may be limited to some models).
     pub fn may_use(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|m| m.contains(model))
@@ -153,6 +166,20 @@ impl Identity {
     /// Whether this caller sees every batch job, not only its own.
     pub fn sees_all_jobs(&self) -> bool {
         self.role >= Role::Operator
+    }
+}
+
+/// The other end of a connection, as the server knows it.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub addr: Option<std::net::SocketAddr>,
+    /// A verified client certificate's names (subject CN, SANs), with mTLS.
+    pub cert_names: Arc<[String]>,
+}
+
+impl Peer {
+    fn from(&self) -> String {
+        self.addr.map(|a| a.ip().to_string()).unwrap_or_default()
     }
 }
 
@@ -312,6 +339,31 @@ impl Auth {
         }
     }
 
+    /// The identity behind a credential, or else behind a verified client certificate.
+    pub fn authenticate_peer(
+        &self,
+        credential: Option<&str>,
+        peer: &Peer,
+    ) -> Result<Identity, Denied> {
+        if credential.is_none() && self.required() && !peer.cert_names.is_empty() {
+            let index = self.index.read().clone();
+            let by_cert = index.by_digest.values().find(|s| {
+                s.entry
+                    .certificate
+                    .as_ref()
+                    .is_some_and(|c| peer.cert_names.iter().any(|n| n == c))
+            });
+            if let Some(s) = by_cert {
+                return Ok(Identity::of(s));
+            }
+            return Err(Denied::Unauthenticated(format!(
+                "the client certificate ({}) stands for no key, and no API key was sent",
+                peer.cert_names.join(", ")
+            )));
+        }
+        self.authenticate(credential)
+    }
+
     /// The identity behind a credential.
     pub fn authenticate(&self, credential: Option<&str>) -> Result<Identity, Denied> {
         if !self.required() {
@@ -332,16 +384,7 @@ impl Auth {
             .and_then(|d: [u8; 32]| index.by_digest.get(&d))
             .filter(|s| bool::from(s.digest.ct_eq(presented.as_ref())));
         match found {
-            Some(s) => Ok(Identity {
-                id: Arc::from(s.entry.id.as_str()),
-                role: s.entry.role,
-                models: s
-                    .entry
-                    .models
-                    .as_ref()
-                    .map(|m| Arc::new(m.iter().cloned().collect())),
-                state: Some(s.clone()),
-            }),
+            Some(s) => Ok(Identity::of(s)),
             None => Err(Denied::Unauthenticated("the API key is not valid".into())),
         }
     }
@@ -399,16 +442,18 @@ impl Auth {
     pub fn check(
         &self,
         credential: Option<&str>,
+        peer: &Peer,
         group: Group,
         model: Option<&str>,
         cost: Option<u32>,
-        from: &str,
         what: &str,
     ) -> Result<(Identity, Admission), Denied> {
         if group == Group::Public {
             return Ok((Identity::public(), Admission::default()));
         }
-        let result = self.authenticate(credential).and_then(|who| {
+        let from = peer.from();
+        let from = from.as_str();
+        let result = self.authenticate_peer(credential, peer).and_then(|who| {
             self.authorize(&who, group, model)?;
             let admission = match cost {
                 Some(c) => self.admit(&who, c)?,
@@ -420,7 +465,7 @@ impl Auth {
             let who = match d {
                 Denied::Unauthenticated(_) => "-".to_string(),
                 _ => self
-                    .authenticate(credential)
+                    .authenticate_peer(credential, peer)
                     .map_or_else(|_| "-".into(), |w| w.id.to_string()),
             };
             let outcome = match d {
@@ -502,8 +547,31 @@ mod tests {
             burst: None,
             quota: None,
             concurrency: None,
+            certificate: None,
             created: String::new(),
         }
+    }
+
+    #[test]
+    fn client_certificates_stand_for_the_key_that_names_them() {
+        let d = tempfile::tempdir().unwrap();
+        let mut e = entry("edge", Role::Infer, None);
+        e.certificate = Some("edge.factory.local".into());
+        let (path, _) = key_file(d.path(), vec![e]);
+        let auth = Auth::with_keys(&path, None, None).unwrap();
+        let peer = |names: &[&str]| Peer {
+            addr: None,
+            cert_names: names.iter().map(|s| s.to_string()).collect(),
+        };
+        let who = auth
+            .authenticate_peer(None, &peer(&["x", "edge.factory.local"]))
+            .unwrap();
+        assert_eq!(&*who.id, "edge");
+        assert!(matches!(
+            auth.authenticate_peer(None, &peer(&["someone.else"])),
+            Err(Denied::Unauthenticated(m)) if m.contains("stands for no key")
+        ));
+        assert!(auth.authenticate_peer(None, &peer(&[])).is_err());
     }
 
     #[test]

@@ -321,6 +321,7 @@ mod tests {
             burst,
             quota: quota.map(String::from),
             concurrency: Some(2),
+            certificate: None,
             created: String::new(),
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use infera_auth::{Admission, Auth, Denied, Group, Identity};
+use infera_auth::{Admission, Auth, Denied, Group, Identity, Peer};
 use tonic::Status;
 
 /// The group of a method of `inference.GRPCInferenceService`.
@@ -115,14 +115,11 @@ where
         let group = group_of(&method);
         let cred =
             infera_auth::credential(metadata(&req, "authorization"), metadata(&req, "x-api-key"));
-        let from = req
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|c| c.remote_addr())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
+        // tonic puts the connection's info (the server's accept loop makes it a Peer) here.
+        let peer = req.extensions().get::<Peer>().cloned().unwrap_or_default();
+        let from = peer.addr.map(|a| a.ip().to_string()).unwrap_or_default();
         let what = format!("gRPC {method}");
-        match self.auth.check(cred, group, None, None, &from, &what) {
+        match self.auth.check(cred, &peer, group, None, None, &what) {
             Err(d) => {
                 let resp = status_of(&d).into_http::<R>();
                 Box::pin(async move { Ok(resp) })

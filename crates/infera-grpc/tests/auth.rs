@@ -20,6 +20,7 @@ fn entry(id: &str, role: Role, models: Option<&[&str]>, rate: Option<&str>) -> K
         burst: rate.map(|_| 1),
         quota: None,
         concurrency: None,
+        certificate: None,
         created: String::new(),
     }
 }

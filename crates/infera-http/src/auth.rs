@@ -10,7 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use infera_auth::{Auth, Denied, Group, Identity};
+use infera_auth::{Auth, Denied, Group, Identity, Peer};
 
 use crate::json_error;
 
@@ -129,25 +129,30 @@ pub async fn layer(State(s): State<AuthState>, mut req: Request, next: Next) -> 
         header_str(headers, "authorization"),
         header_str(headers, "x-api-key"),
     );
-    let from = header_str(headers, "x-forwarded-for")
-        .map(str::to_string)
-        .or_else(|| {
-            req.extensions()
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip().to_string())
-        })
-        .unwrap_or_default();
+    // The connection's address and client certificate (set by the server's accept loop).
+    let peer = req.extensions().get::<Peer>().cloned().unwrap_or_default();
+    let from = peer.addr.map(|a| a.ip().to_string()).unwrap_or_default();
     let what = format!("{} {}", req.method(), req.uri().path());
     let (who, admission) = match s.auth.check(
         cred,
+        &peer,
         ep.group,
         ep.model.as_deref(),
         ep.counts.then_some(1),
-        &from,
         &what,
     ) {
         Ok(ok) => ok,
-        Err(d) => return denied(&d),
+        Err(d) => {
+            // Read a small body first: an HTTP/2 response sent before the request's body
+            // ends resets the stream, which some clients (curl) report as a transport error
+            // instead of showing the 401/403/429.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                axum::body::to_bytes(req.into_body(), 64 << 10),
+            )
+            .await;
+            return denied(&d);
+        }
     };
     req.extensions_mut().insert(who.clone());
     req.extensions_mut().insert(s.auth.clone());

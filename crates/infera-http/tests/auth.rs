@@ -29,6 +29,7 @@ fn entry(id: &str, role: Role) -> KeyEntry {
         burst: None,
         quota: None,
         concurrency: None,
+        certificate: None,
         created: String::new(),
     }
 }

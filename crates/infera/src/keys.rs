@@ -56,6 +56,10 @@ struct CreateArgs {
     /// Requests in progress at once.
     #[arg(long)]
     concurrency: Option<u32>,
+    /// A client certificate name (subject CN or SAN) that stands for this key when the server
+    /// verifies client certificates (--tls-client-ca): no API key needed on such connections.
+    #[arg(long, value_name = "NAME")]
+    certificate: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +87,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<()> {
                 burst: a.burst,
                 quota: a.quota,
                 concurrency: a.concurrency,
+                certificate: a.certificate,
                 created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                     .to_string(),
             })?;

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a model repository over HTTP (8000), gRPC (8001) and Prometheus metrics (8002).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Classify a folder of images in-process into a CSV/JSONL file; crash-safe, resumable.
     Predict(predict::PredictArgs),
     /// Accuracy, per-class precision/recall/F1 and the confusion matrix of a model on Fashion-MNIST.
@@ -61,7 +61,7 @@ pub(crate) struct Forwarded {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Predict(args) => predict::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Train(f) => trainer::run("train", f.args),

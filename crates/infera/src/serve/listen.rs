@@ -13,10 +13,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use infera_auth::Peer;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
@@ -140,11 +142,108 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     }
 }
 
-impl tonic::transport::server::Connected for IdleIo<TcpStream> {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+/// A connection as the servers use it: plain or TLS, with who is on the other end.
+pub struct Conn {
+    io: ConnIo,
+    peer: Peer,
+}
+
+enum ConnIo {
+    Plain(IdleIo<TcpStream>),
+    Tls(Box<tokio_rustls::server::TlsStream<IdleIo<TcpStream>>>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $method:ident($($arg:expr),*)) => {
+        match &mut $self.get_mut().io {
+            ConnIo::Plain(io) => Pin::new(io).$method($($arg),*),
+            ConnIo::Tls(io) => Pin::new(io.as_mut()).$method($($arg),*),
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, poll_read(cx, buf))
     }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, poll_write(cx, data))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, poll_shutdown(cx))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            ConnIo::Plain(io) => io.is_write_vectored(),
+            ConnIo::Tls(io) => io.is_write_vectored(),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = Peer;
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+/// Turns an accepted TCP connection into a [`Conn`]: the idle timeout, and with `tls` the
+/// handshake (within the header timeout) and the client certificate's names.
+async fn open(
+    stream: TcpStream,
+    permit: OwnedSemaphorePermit,
+    limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
+) -> io::Result<Conn> {
+    let addr = stream.peer_addr().ok();
+    let io = IdleIo::new(stream, limits.idle_timeout, permit);
+    let Some(acceptor) = tls else {
+        return Ok(Conn {
+            io: ConnIo::Plain(io),
+            peer: Peer {
+                addr,
+                cert_names: Arc::from([]),
+            },
+        });
+    };
+    let tls = tokio::time::timeout(limits.header_timeout, acceptor.accept(io))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake too slow"))??;
+    let cert_names = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| super::tls::client_names(c))
+        .unwrap_or_default();
+    Ok(Conn {
+        io: ConnIo::Tls(Box::new(tls)),
+        peer: Peer {
+            addr,
+            cert_names: Arc::from(cert_names),
+        },
+    })
 }
 
 /// Accepts the next connection that gets a permit. A failed accept (e.g. out of file
@@ -190,6 +289,7 @@ pub async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     limits: ConnLimits,
+    tls: Option<TlsAcceptor>,
     mut stop: broadcast::Receiver<()>,
     deadline: Duration,
     what: &'static str,
@@ -208,27 +308,43 @@ pub async fn serve_http(
         .max_header_list_size(64 << 10)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    // Over TLS the 503 for too many connections could not be read: those are just closed.
+    let busy = tls.is_none().then_some(BUSY);
     loop {
         let (stream, permit) = tokio::select! {
-            c = accept(&listener, &permits, what, Some(BUSY)) => c,
+            c = accept(&listener, &permits, what, busy) => c,
             _ = stop.recv() => break,
         };
-        // Handlers (and the audit log) see who connected, as with axum's own server.
-        let peer = stream.peer_addr().ok();
-        let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout, permit));
-        let svc = TowerToHyperService::new(app.clone().map_request(
-            move |mut r: axum::http::Request<hyper::body::Incoming>| {
-                if let Some(p) = peer {
-                    r.extensions_mut().insert(axum::extract::ConnectInfo(p));
-                }
-                r
-            },
-        ));
-        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-        let conn = graceful.watch(conn);
+        let (app, builder, tls, watcher) = (
+            app.clone(),
+            builder.clone(),
+            tls.clone(),
+            graceful.watcher(),
+        );
+        // The TLS handshake happens here, off the accept loop, so a slow client holds
+        // only its own connection.
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let conn = match open(stream, permit, limits, tls).await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!(error = %e, "{what}: connection setup failed");
+                    return;
+                }
+            };
+            // Handlers (and the audit log) see who connected.
+            let peer = conn.peer.clone();
+            let svc = TowerToHyperService::new(app.map_request(
+                move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                    r.extensions_mut().insert(peer.clone());
+                    r
+                },
+            ));
+            let served = builder
+                .serve_connection_with_upgrades(TokioIo::new(conn), svc)
+                .into_owned();
+            if let Err(e) = watcher.watch(served).await {
                 debug!(error = %e, "connection ended with an error");
             }
         });
@@ -252,21 +368,31 @@ pub async fn serve_http(
     }
 }
 
-/// A stream of limited connections for tonic: at most `max_connections` open, each with
-/// the idle timeout.
+/// Limited connections for tonic: at most `max_connections` open, each with the idle
+/// timeout and (with `tls`) its handshake done off the accept loop.
 pub fn grpc_incoming(
     listener: TcpListener,
     limits: ConnLimits,
-) -> impl futures::Stream<Item = io::Result<IdleIo<TcpStream>>> {
+    tls: Option<TlsAcceptor>,
+) -> impl futures::Stream<Item = io::Result<Conn>> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    futures::stream::unfold(listener, move |listener| {
-        let permits = permits.clone();
-        async move {
-            let (stream, permit) = accept(&listener, &permits, "gRPC", None).await;
-            Some((
-                Ok(IdleIo::new(stream, limits.idle_timeout, permit)),
-                listener,
-            ))
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Conn>>(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, permit) = tokio::select! {
+                c = accept(&listener, &permits, "gRPC", None) => c,
+                () = tx.closed() => return,
+            };
+            let (tx, tls) = (tx.clone(), tls.clone());
+            tokio::spawn(async move {
+                match open(stream, permit, limits, tls).await {
+                    Ok(c) => {
+                        let _ = tx.send(Ok(c)).await;
+                    }
+                    Err(e) => debug!(error = %e, "gRPC: connection setup failed"),
+                }
+            });
         }
-    })
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

@@ -3,6 +3,7 @@
 //! before exiting.
 
 mod listen;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -162,6 +163,40 @@ pub struct ServeArgs {
     /// its role and models allow. Reloaded when the file changes.
     #[arg(long, env = "INFERA_AUTH_KEYS", value_name = "FILE")]
     auth_keys: Option<PathBuf>,
+
+    /// TLS certificate chain (PEM) for every port (HTTPS, gRPC over TLS, metrics); with
+    /// --tls-key. Re-read when the file changes, so rotation needs no restart.
+    #[arg(
+        long,
+        env = "INFERA_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "INFERA_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates must chain to (mTLS). A verified
+    /// certificate's name can stand for an API key (`infera keys create --certificate NAME`).
+    #[arg(
+        long,
+        env = "INFERA_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
+
+    /// With --tls-client-ca: "required" refuses connections without a valid client
+    /// certificate; "optional" lets them in (they still need an API key).
+    #[arg(long, env = "INFERA_TLS_CLIENT_AUTH", default_value = "required", value_parser = ["required", "optional"])]
+    tls_client_auth: String,
 
     /// Serve without authentication on a non-loopback address (refused otherwise).
     #[arg(long, env = "INFERA_INSECURE_NO_AUTH")]
@@ -393,6 +428,21 @@ async fn serve(
     };
     let exit_timeout = Duration::from_secs(args.exit_timeout_secs);
     let auth = auth(&args)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let t = Arc::new(tls::Tls::new(tls::TlsOptions {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+                client_auth_required: args.tls_client_auth == "required",
+            })?);
+            tokio::spawn(t.clone().watch(Duration::from_secs(2)));
+            info!(cert = %cert.display(), client_ca = ?args.tls_client_ca, "TLS on every port");
+            Some(t)
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let jobs = match &args.data_dir {
         Some(dir) => {
             let cfg = infera_jobs::JobConfig {
@@ -443,17 +493,19 @@ async fn serve(
             listener,
             app,
             limits,
+            tls.as_ref().map(|t| t.http.clone()),
             stop_tx.subscribe(),
             exit_timeout,
             "HTTP",
         ));
-        endpoints.push(format!("HTTP {a}"));
+        endpoints.push(format!("HTTP {scheme}://{a}"));
     }
     if args.grpc_port != 0 {
         let a = addr(args.grpc_port)?;
         let listener = bind(a, "gRPC", "--grpc-port").await?;
         let svc = infera_grpc::service(server.clone(), args.max_body_size);
         let grpc_auth = auth.clone();
+        let grpc_tls = tls.as_ref().map(|t| t.grpc.clone());
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -464,7 +516,7 @@ async fn serve(
                 .http2_max_header_list_size(Some(64 << 10))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
-                    listen::grpc_incoming(listener, limits),
+                    listen::grpc_incoming(listener, limits, grpc_tls),
                     async move {
                         let _ = stop.recv().await;
                     },
@@ -474,7 +526,10 @@ async fn serve(
                 warn!(error = %e, "gRPC server stopped with an error");
             }
         });
-        endpoints.push(format!("gRPC {a}"));
+        endpoints.push(format!(
+            "gRPC {a}{}",
+            if tls.is_some() { " (TLS)" } else { "" }
+        ));
     }
     if args.metrics_port != 0 {
         let a = addr(args.metrics_port)?;
@@ -488,11 +543,12 @@ async fn serve(
             listener,
             app,
             limits,
+            tls.as_ref().map(|t| t.http.clone()),
             stop_tx.subscribe(),
             exit_timeout,
             "metrics",
         ));
-        endpoints.push(format!("metrics http://{a}/metrics"));
+        endpoints.push(format!("metrics {scheme}://{a}/metrics"));
     }
     info!(
         startup_ms = started.elapsed().as_millis() as u64,
