@@ -147,13 +147,9 @@ impl Identity {
 
     fn of(s: &Arc<KeyState>) -> Identity {
         Identity {
-            id: Arc::from(s.entry.id.as_str()),
+            id: s.id.clone(),
             role: s.entry.role,
-            models: s
-                .entry
-                .models
-                .as_ref()
-                .map(|m| Arc::new(m.iter().cloned().collect())),
+            models: s.models.clone(),
             state: Some(s.clone()),
         }
     }
@@ -206,6 +202,9 @@ impl Denied {
 /// One key's settings and live limits.
 struct KeyState {
     entry: KeyEntry,
+    /// Shared with every request's Identity (built once, not per request).
+    id: Arc<str>,
+    models: Option<Arc<HashSet<String>>>,
     digest: [u8; 32],
     limiter: Limiter,
     allowed: AtomicU64,
@@ -288,6 +287,11 @@ impl Auth {
                 _ => {
                     let limits = Limits::from_entry(&entry).map_err(AuthError::Config)?;
                     Arc::new(KeyState {
+                        id: Arc::from(entry.id.as_str()),
+                        models: entry
+                            .models
+                            .as_ref()
+                            .map(|m| Arc::new(m.iter().cloned().collect())),
                         entry,
                         digest,
                         limiter: Limiter::new(limits),
@@ -438,7 +442,8 @@ impl Auth {
         }
     }
 
-    /// Authenticates, authorizes and (for inference) admits a request; refusals are audited.
+    /// Authenticates, authorizes and (for inference) admits a request. A refusal is for
+    /// the caller to answer and to record ([`Auth::audit_denial`]).
     pub fn check(
         &self,
         credential: Option<&str>,
@@ -446,36 +451,43 @@ impl Auth {
         group: Group,
         model: Option<&str>,
         cost: Option<u32>,
-        what: &str,
     ) -> Result<(Identity, Admission), Denied> {
         if group == Group::Public {
             return Ok((Identity::public(), Admission::default()));
         }
-        let from = peer.from();
-        let from = from.as_str();
-        let result = self.authenticate_peer(credential, peer).and_then(|who| {
-            self.authorize(&who, group, model)?;
-            let admission = match cost {
-                Some(c) => self.admit(&who, c)?,
-                None => Admission::default(),
-            };
-            Ok((who, admission))
-        });
-        if let Err(d) = &result {
-            let who = match d {
-                Denied::Unauthenticated(_) => "-".to_string(),
-                _ => self
-                    .authenticate_peer(credential, peer)
-                    .map_or_else(|_| "-".into(), |w| w.id.to_string()),
-            };
-            let outcome = match d {
-                Denied::Unauthenticated(m) => format!("401 {m}"),
-                Denied::Forbidden(m) => format!("403 {m}"),
-                Denied::Limited(l) => format!("429 {}", l.message),
-            };
-            self.audit(&who, what, model.unwrap_or(""), &outcome, from);
+        let who = self.authenticate_peer(credential, peer)?;
+        self.authorize(&who, group, model)?;
+        let admission = match cost {
+            Some(c) => self.admit(&who, c)?,
+            None => Admission::default(),
+        };
+        Ok((who, admission))
+    }
+
+    /// Records a refusal of [`Auth::check`] in the audit log (when there is one).
+    pub fn audit_denial(
+        &self,
+        credential: Option<&str>,
+        peer: &Peer,
+        denied: &Denied,
+        what: &str,
+        model: Option<&str>,
+    ) {
+        if self.audit.is_none() {
+            return;
         }
-        result
+        let who = match denied {
+            Denied::Unauthenticated(_) => "-".to_string(),
+            _ => self
+                .authenticate_peer(credential, peer)
+                .map_or_else(|_| "-".into(), |w| w.id.to_string()),
+        };
+        let outcome = match denied {
+            Denied::Unauthenticated(m) => format!("401 {m}"),
+            Denied::Forbidden(m) => format!("403 {m}"),
+            Denied::Limited(l) => format!("429 {}", l.message),
+        };
+        self.audit(&who, what, model.unwrap_or(""), &outcome, &peer.from());
     }
 
     /// Records a management action or a refusal in the audit log, if there is one.

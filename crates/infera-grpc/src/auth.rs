@@ -117,16 +117,18 @@ where
             infera_auth::credential(metadata(&req, "authorization"), metadata(&req, "x-api-key"));
         // tonic puts the connection's info (the server's accept loop makes it a Peer) here.
         let peer = req.extensions().get::<Peer>().cloned().unwrap_or_default();
-        let from = peer.addr.map(|a| a.ip().to_string()).unwrap_or_default();
-        let what = format!("gRPC {method}");
-        match self.auth.check(cred, &peer, group, None, None, &what) {
+        match self.auth.check(cred, &peer, group, None, None) {
             Err(d) => {
+                self.auth
+                    .audit_denial(cred, &peer, &d, &format!("gRPC {method}"), None);
                 let resp = status_of(&d).into_http::<R>();
                 Box::pin(async move { Ok(resp) })
             }
             Ok((who, _)) => {
                 if group == Group::Operate {
-                    self.auth.audit(&who.id, &what, "", "called", &from);
+                    let from = peer.addr.map(|a| a.ip().to_string()).unwrap_or_default();
+                    self.auth
+                        .audit(&who.id, &format!("gRPC {method}"), "", "called", &from);
                 }
                 req.extensions_mut().insert(who);
                 req.extensions_mut().insert(self.auth.clone());

@@ -39,7 +39,14 @@ fn decode(segment: &str) -> String {
 
 /// The endpoint group of a request, from its method and path (as the router will see them).
 pub fn classify(method: &Method, path: &str, query: Option<&str>, default_model: &str) -> Endpoint {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Segments on the stack: classifying a request allocates nothing but the model name.
+    let mut segments = [""; 8];
+    let mut n = 0;
+    for seg in path.trim_matches('/').split('/').take(segments.len()) {
+        segments[n] = seg;
+        n += 1;
+    }
+    let parts = &segments[..n];
     let e = |group, model: Option<&str>, counts, audited| Endpoint {
         group,
         model: model.map(decode),
@@ -53,7 +60,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, default_model:
             .find_map(|kv| kv.strip_prefix("model="))
             .map(decode)
     };
-    match parts.as_slice() {
+    match parts {
         [""] | ["index.html"] | ["health"] | ["ping"] | ["v2", "health", ..] => {
             e(Group::Public, None, false, false)
         }
@@ -131,18 +138,18 @@ pub async fn layer(State(s): State<AuthState>, mut req: Request, next: Next) -> 
     );
     // The connection's address and client certificate (set by the server's accept loop).
     let peer = req.extensions().get::<Peer>().cloned().unwrap_or_default();
-    let from = peer.addr.map(|a| a.ip().to_string()).unwrap_or_default();
-    let what = format!("{} {}", req.method(), req.uri().path());
     let (who, admission) = match s.auth.check(
         cred,
         &peer,
         ep.group,
         ep.model.as_deref(),
         ep.counts.then_some(1),
-        &what,
     ) {
         Ok(ok) => ok,
         Err(d) => {
+            let what = format!("{} {}", req.method(), req.uri().path());
+            s.auth
+                .audit_denial(cred, &peer, &d, &what, ep.model.as_deref());
             // Read a small body first: an HTTP/2 response sent before the request's body
             // ends resets the stream, which some clients (curl) report as a transport error
             // instead of showing the 401/403/429.
@@ -154,10 +161,14 @@ pub async fn layer(State(s): State<AuthState>, mut req: Request, next: Next) -> 
             return denied(&d);
         }
     };
+    // Only management calls are audited: the string is made for them alone.
+    let what = (ep.audited || ep.group == Group::Admin)
+        .then(|| format!("{} {}", req.method(), req.uri().path()));
     req.extensions_mut().insert(who.clone());
     req.extensions_mut().insert(s.auth.clone());
     let mut resp = next.run(req).await;
-    if ep.audited || ep.group == Group::Admin {
+    if let Some(what) = what {
+        let from = peer.addr.map(|a| a.ip().to_string()).unwrap_or_default();
         s.auth.audit(
             &who.id,
             &what,
