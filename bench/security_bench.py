@@ -8,6 +8,7 @@ secured / plain ratio.
 import argparse
 import csv
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,7 @@ def cpu_seconds(pid):
 def perf(url, proto, c, window, extra, pid):
     """Throughput, p50 and the server's CPU µs per request over one perf_analyzer run."""
     before, t0 = cpu_seconds(pid), time.perf_counter()
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.NamedTemporaryFile(suffix=".csv") as f:
         cmd = ["perf_analyzer", "-m", "simple", "-u", url, "-i", proto, "--concurrency-range", f"{c}:{c}",
                "--measurement-interval", str(window), "--stability-percentage", "999", "--max-trials", "3",
@@ -39,14 +41,20 @@ def perf(url, proto, c, window, extra, pid):
     # Warm-up and every trial ran at about the measured rate: requests over the whole run.
     served = float(row["Inferences/Second"]) * (time.perf_counter() - t0)
     cpu_us = (cpu_seconds(pid) - before) * 1e6 / max(served, 1)
-    return float(row["Inferences/Second"]), int(row["p50 latency"]), cpu_us
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_us = ((after.ru_utime + after.ru_stime) - (kids.ru_utime + kids.ru_stime)) * 1e6 / max(served, 1)
+    return float(row["Inferences/Second"]), int(row["p50 latency"]), cpu_us, client_us
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--window-ms", type=int, default=3000)
+    ap.add_argument("--concurrency", default="1,16", help="comma list, e.g. 16")
+    ap.add_argument("--protocols", default="grpc,http")
     args = ap.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    protocols = args.protocols.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         make_pki(d)
@@ -72,8 +80,8 @@ def main():
         results = {}
         try:
             for r in range(args.rounds):
-                for proto in ("grpc", "http"):
-                    for c in (1, 16):
+                for proto in protocols:
+                    for c in levels:
                         for kind, server in (("plain", plain), ("auth", keyed), ("auth+TLS", secure)):
                             url, extra = setups[(proto, kind)]
                             results.setdefault((proto, c, kind), []).append(
@@ -83,15 +91,20 @@ def main():
             plain.stop()
             secure.stop()
             keyed.stop()
-    print("| protocol | concurrency | plain infer/s | auth infer/s (ratio) | auth+TLS infer/s (ratio) | p50 µs plain / auth / auth+TLS | server CPU µs per request plain / auth / auth+TLS |")
-    print("|---|---|---|---|---|---|---|")
+    print("| protocol | concurrency | plain infer/s | auth infer/s (ratio) | auth+TLS infer/s (ratio) | auth+TLS / plain per round (median, min–max) | p50 µs plain / auth / auth+TLS | server CPU µs per request plain / auth / auth+TLS | perf_analyzer CPU µs per request plain / auth / auth+TLS |")
+    print("|---|---|---|---|---|---|---|---|---|")
     med = lambda rs, i: statistics.median(x[i] for x in rs)  # noqa: E731
-    for proto in ("grpc", "http"):
-        for c in (1, 16):
+    for proto in protocols:
+        for c in levels:
             p, a, s = (results[(proto, c, k)] for k in ("plain", "auth", "auth+TLS"))
             pt = med(p, 0)
+            # Each round measured plain and auth+TLS back to back: their ratio sees the
+            # same machine noise, unlike the ratio of medians.
+            paired = [y[0] / x[0] for x, y in zip(p, s)]
             print(f"| {proto} | {c} | {pt:,.0f} | {med(a, 0):,.0f} ({med(a, 0) / pt:.2f}) | {med(s, 0):,.0f} ({med(s, 0) / pt:.2f}) "
-                  f"| {med(p, 1):.0f} / {med(a, 1):.0f} / {med(s, 1):.0f} | {med(p, 2):.0f} / {med(a, 2):.0f} / {med(s, 2):.0f} |")
+                  f"| {statistics.median(paired):.2f} ({min(paired):.2f}–{max(paired):.2f}) "
+                  f"| {med(p, 1):.0f} / {med(a, 1):.0f} / {med(s, 1):.0f} | {med(p, 2):.0f} / {med(a, 2):.0f} / {med(s, 2):.0f} "
+                  f"| {med(p, 3):.0f} / {med(a, 3):.0f} / {med(s, 3):.0f} |")
 
 
 if __name__ == "__main__":

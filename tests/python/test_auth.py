@@ -4,6 +4,8 @@ restart), key file reloads, the audit log, and the refusal to serve openly off l
 import json
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import BINARY, Server, copy_repo
 from hostile import http
+from test_app_api import multipart
 from test_image_preprocess import png_gray
 
 IMAGE = png_gray(np.full((28, 28), 128, dtype=np.uint8))
@@ -52,6 +55,7 @@ def secured(tmp_path_factory):
         "ops": keys_create(keys, "ops", "operator"),
         "admin": keys_create(keys, "admin", "admin"),
         "slow": keys_create(keys, "slow", "infer", "--rate", "20/s", "--burst", "20"),
+        "batch": keys_create(keys, "batch", "infer", "--rate", "10/m", "--burst", "10"),
     }
     audit = base / "audit.jsonl"
     s = Server(copy_repo(base), "--auth-keys", str(keys), "--audit-log", str(audit),
@@ -159,6 +163,10 @@ def test_key_file_changes_take_effect_while_serving(secured):
         time.sleep(0.2)
     listing = subprocess.run([str(BINARY), "keys", "list", "--file", str(file)], capture_output=True, text=True).stdout
     assert "shop" in listing and "late" not in listing and "inf_" not in listing
+    # Key changes are in the audit log, by id only.
+    actions = [json.loads(l) for l in secured["audit"].read_text().splitlines()]
+    reloads = [a["outcome"] for a in actions if a["action"] == "keys reloaded"]
+    assert "added late" in reloads and "revoked late" in reloads, reloads
 
 
 def test_management_and_refusals_are_audited_without_secrets(secured):
@@ -204,5 +212,60 @@ def test_serving_openly_off_loopback_needs_to_be_asked_for(tmp_path):
     s = Server(repo, "--host", "0.0.0.0", "--insecure-no-auth")
     try:
         assert "WITHOUT authentication" in s.logs()
+    finally:
+        s.stop()
+
+
+def test_batch_requests_and_jobs_count_images(secured):
+    s, k, base = secured["server"], secured["keys"], secured["base"]
+    body, headers = multipart([(f"{i}.png", IMAGE) for i in range(6)])
+    status, _, out = http(s, "POST", "/predict/batch", body, {**headers, **bearer(k["batch"])})
+    assert status == 200 and len(json.loads(out)["predictions"]) == 6, out
+    # 4 of 10 left: six more images are refused whole, one still passes.
+    status, hdrs, out = http(s, "POST", "/predict/batch", body, {**headers, **bearer(k["batch"])})
+    assert status == 429 and int(hdrs["retry-after"]) >= 1, out
+    status, _, out = http(s, "POST", "/predict", IMAGE, {"Content-Type": "image/png", **bearer(k["batch"])})
+    assert status == 200, out
+    # A job over a folder counts its images: three need more than the two left; one fits.
+    three = base / "three"
+    three.mkdir(exist_ok=True)
+    for n in "abc":
+        (three / f"{n}.png").write_bytes(IMAGE)
+    for inputs, want in (([str(three)], 429), ([str(base / "photo.png")], 202)):
+        job = json.dumps({"model": "fashion_mnist_image", "inputs": inputs}).encode()
+        status, _, out = http(s, "POST", "/api/inference/batch", job,
+                              {"Content-Type": "application/json", **bearer(k["batch"])})
+        assert status == want, (inputs, out)
+    # Per-key usage is in the metrics (which need a key too).
+    req = urllib.request.Request(s.metrics, headers=bearer(k["reader"]))
+    text = urllib.request.urlopen(req, timeout=10).read().decode()
+    assert 'infera_auth_requests_total{key="batch",outcome="allowed"}' in text, text[-2000:]
+    assert 'infera_auth_requests_total{key="batch",outcome="refused"} 2' in text
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(s.metrics, timeout=10)
+    assert e.value.code == 401
+
+
+def test_triton_restricted_api_flags(tmp_path):
+    s = Server(copy_repo(tmp_path), "--http-restricted-api", "model-repository,statistics:admin-key=s3cret",
+               "--grpc-restricted-protocol", "model-repository:admin-key=s3cret")
+    try:
+        c = httpclient.InferenceServerClient(s.http)
+        g = grpcclient.InferenceServerClient(s.grpc)
+        with pytest.raises(InferenceServerException) as e:
+            c.get_model_repository_index()
+        assert e.value.status() == "403" and "expecting header 'admin-key'" in e.value.message()
+        with pytest.raises(InferenceServerException) as e:
+            g.get_model_repository_index()
+        assert e.value.status() == "StatusCode.PERMISSION_DENIED" and "admin-key" in e.value.message()
+        with pytest.raises(InferenceServerException):
+            c.get_inference_statistics("simple")
+        ok = {"admin-key": "s3cret"}
+        assert any(m["name"] == "simple" for m in c.get_model_repository_index(headers=ok))
+        assert g.get_model_repository_index(headers=ok).models
+        assert c.get_inference_statistics("simple", headers=ok)["model_stats"]
+        # gRPC statistics are not restricted; inference is open on both.
+        assert g.get_inference_statistics("simple").model_stats
+        assert c.infer("simple", simple_inputs(httpclient)).as_numpy("OUTPUT0").tolist() == [[2] * 16]
     finally:
         s.stop()

@@ -232,10 +232,16 @@ async fn predict_batch(
     req: Request,
 ) -> Response {
     let model = q.model.unwrap_or_else(|| app.default_model.to_string());
+    let extensions = req.extensions().clone();
     let images = match read_images(req, true, app.max_body).await {
         Ok(i) => i,
         Err(e) => return error(e),
     };
+    // Rate limits and quotas count images: the request itself was counted as one.
+    let extra = u32::try_from(images.len().saturating_sub(1)).unwrap_or(u32::MAX);
+    if let Some(refused) = infera_http::auth::charge(&extensions, extra) {
+        return refused;
+    }
     let jobs = images.into_iter().map(|(name, image)| {
         let app = app.clone();
         let model = model.clone();

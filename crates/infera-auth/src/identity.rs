@@ -106,12 +106,23 @@ impl Identity {
         }
     }
 
-    /// The caller of a public endpoint (health, the page): no role beyond reading, no model.
+    /// The caller of a public endpoint (health, the page, or what `--public-endpoints`
+    /// opens): any model the endpoint names, as the endpoint being public means.
     pub fn public() -> Identity {
         Identity {
             id: Arc::from("public"),
             role: Role::Reader,
-            models: Some(Arc::new(HashSet::new())),
+            models: None,
+            state: None,
+        }
+    }
+
+    /// The caller behind a verified JWT: its subject, the role and models its claims give.
+    pub(crate) fn token(sub: &str, role: Role, models: Option<Arc<HashSet<String>>>) -> Identity {
+        Identity {
+            id: Arc::from(sub),
+            role,
+            models,
             state: None,
         }
     }

@@ -7,13 +7,19 @@
 //! group and the model, ask [`Auth::check`], and turn a [`Denied`] into 401 / 403 / 429 (or
 //! UNAUTHENTICATED / PERMISSION_DENIED / RESOURCE_EXHAUSTED).
 //!
-//! Without keys the server is open (every caller is `anonymous` with every role): that is
+//! JWT bearer tokens from an identity provider ([`jwt`]) are identities too: their subject,
+//! and the role (and optionally models) their claims give.
+//!
+//! Without keys or tokens the server is open (every caller is `anonymous` with every role): that is
 //! for loopback development; `infera serve` refuses it on other addresses unless told.
 
+pub mod api;
 pub mod audit;
 mod identity;
+pub mod jwt;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,6 +32,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
+pub use api::{Api, ApiSet, Restrictions};
 pub use audit::Audit;
 pub use identity::{Denied, Group, Identity, Peer, Role};
 pub use limits::{Admission, Limited};
@@ -64,8 +71,24 @@ fn digest_of(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// How a server authenticates; [`Auth::new`] reads the keys.
+#[derive(Default)]
+pub struct AuthOptions {
+    /// API keys (`infera keys create`); reloaded when the file changes.
+    pub keys_file: Option<PathBuf>,
+    /// JWT bearer tokens.
+    pub jwt: Option<Arc<jwt::Jwt>>,
+    /// Where quota usage is kept (the data directory).
+    pub quota_dir: Option<PathBuf>,
+    pub audit: Option<Audit>,
+    /// APIs open without a credential (default: health and the page).
+    pub public: Option<ApiSet>,
+}
+
 pub struct Auth {
     keys_file: Option<PathBuf>,
+    jwt: Option<Arc<jwt::Jwt>>,
+    public: ApiSet,
     index: RwLock<Arc<KeyIndex>>,
     quotas: QuotaBook,
     audit: Option<Audit>,
@@ -74,7 +97,7 @@ pub struct Auth {
 /// How the file looked when it was last read, to notice changes.
 type Stamp = Option<(SystemTime, u64)>;
 
-fn stamp(path: &Path) -> Stamp {
+pub(crate) fn stamp(path: &Path) -> Stamp {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
@@ -84,6 +107,8 @@ impl Auth {
     pub fn open(audit: Option<Audit>) -> Arc<Auth> {
         Arc::new(Auth {
             keys_file: None,
+            jwt: None,
+            public: ApiSet::default_public(),
             index: RwLock::new(Arc::default()),
             quotas: QuotaBook::open(None),
             audit,
@@ -96,11 +121,24 @@ impl Auth {
         quota_dir: Option<&Path>,
         audit: Option<Audit>,
     ) -> Result<Arc<Auth>, AuthError> {
-        let auth = Auth {
+        Auth::new(AuthOptions {
             keys_file: Some(keys_file.to_path_buf()),
-            index: RwLock::new(Arc::default()),
-            quotas: QuotaBook::open(quota_dir),
+            quota_dir: quota_dir.map(Path::to_path_buf),
             audit,
+            ..Default::default()
+        })
+    }
+
+    /// API keys and/or JWT bearer tokens (neither: an open server), public APIs and
+    /// Triton-style restrictions.
+    pub fn new(o: AuthOptions) -> Result<Arc<Auth>, AuthError> {
+        let auth = Auth {
+            keys_file: o.keys_file,
+            jwt: o.jwt,
+            public: o.public.unwrap_or_else(ApiSet::default_public),
+            index: RwLock::new(Arc::default()),
+            quotas: QuotaBook::open(o.quota_dir.as_deref()),
+            audit: o.audit,
         };
         auth.reload()?;
         Ok(Arc::new(auth))
@@ -108,7 +146,7 @@ impl Auth {
 
     /// Whether callers must present a credential.
     pub fn required(&self) -> bool {
-        self.keys_file.is_some()
+        self.keys_file.is_some() || self.jwt.is_some()
     }
 
     /// Reads the key file again; keys whose settings did not change keep their limits' state.
@@ -143,7 +181,17 @@ impl Auth {
             by_digest.insert(digest, state);
         }
         let n = by_digest.len();
+        let changes = key_changes(&old, &by_digest);
         *self.index.write() = Arc::new(KeyIndex { by_digest });
+        if !changes.is_empty() && !old.by_digest.is_empty() {
+            self.audit(
+                "-",
+                "keys reloaded",
+                &path.display().to_string(),
+                &changes,
+                "",
+            );
+        }
         Ok(n)
     }
 
@@ -215,10 +263,20 @@ impl Auth {
         }
         let Some(key) = credential.map(str::trim).filter(|k| !k.is_empty()) else {
             return Err(Denied::Unauthenticated(
-                "an API key is required: send it as 'Authorization: Bearer KEY' (or X-API-Key)"
+                "a credential is required: send an API key or token as 'Authorization: Bearer …' (or X-API-Key)"
                     .into(),
             ));
         };
+        if let Some(jwt) = &self.jwt
+            && jwt::looks_like_jwt(key)
+        {
+            return jwt.verify(key);
+        }
+        if self.keys_file.is_none() {
+            return Err(Denied::Unauthenticated(
+                "the bearer token is not valid: this server accepts JWTs from its identity provider".into(),
+            ));
+        }
         let presented = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
         let index = self.index.read().clone();
         let found = presented
@@ -279,6 +337,18 @@ impl Auth {
                 state.refused.fetch_add(1, Ordering::Relaxed);
                 Err(Denied::Limited(l))
             }
+        }
+    }
+
+    /// The group a request to `api` is checked as: public when `--public-endpoints` opens
+    /// the API, else its own (an endpoint public by default is read-only when closed).
+    pub fn group_of(&self, api: Api, group: Group) -> Group {
+        if self.public.contains(api) {
+            Group::Public
+        } else if group == Group::Public {
+            Group::Read
+        } else {
+            group
         }
     }
 
@@ -365,6 +435,43 @@ impl Auth {
             "audit_lines_dropped": self.audit.as_ref().map_or(0, Audit::dropped),
         })
     }
+}
+
+/// What changed between two key sets, for the audit log: "added a; revoked b; changed c".
+fn key_changes(old: &KeyIndex, new: &HashMap<[u8; 32], Arc<KeyState>>) -> String {
+    let ids = |m: &HashMap<[u8; 32], Arc<KeyState>>| -> HashMap<String, KeyEntry> {
+        m.values()
+            .map(|s| (s.entry.id.clone(), s.entry.clone()))
+            .collect()
+    };
+    let (before, after) = (ids(&old.by_digest), ids(new));
+    let mut added: Vec<&str> = after
+        .keys()
+        .filter(|k| !before.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    let mut revoked: Vec<&str> = before
+        .keys()
+        .filter(|k| !after.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    let mut changed: Vec<&str> = after
+        .iter()
+        .filter(|(k, e)| before.get(*k).is_some_and(|b| b != *e))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let mut parts = Vec::new();
+    for (what, list) in [
+        ("added", &mut added),
+        ("revoked", &mut revoked),
+        ("changed", &mut changed),
+    ] {
+        if !list.is_empty() {
+            list.sort_unstable();
+            parts.push(format!("{what} {}", list.join(", ")));
+        }
+    }
+    parts.join("; ")
 }
 
 /// The credential in `Authorization: Bearer KEY` or `X-API-Key: KEY` header values.

@@ -52,6 +52,33 @@ impl Backend for OrtBackend {
     }
 
     fn load(&self, model_file: &Path, o: &LoadOptions) -> Result<Box<dyn Session>, BackendError> {
+        self.open(model_file, Model::File(model_file), o)
+    }
+
+    fn load_bytes(
+        &self,
+        bytes: &[u8],
+        name: &Path,
+        o: &LoadOptions,
+    ) -> Result<Box<dyn Session>, BackendError> {
+        self.open(name, Model::Memory(bytes), o)
+    }
+}
+
+/// Where ONNX Runtime reads the model from.
+enum Model<'a> {
+    File(&'a Path),
+    /// Decrypted in memory; ORT copies what it needs.
+    Memory(&'a [u8]),
+}
+
+impl OrtBackend {
+    fn open(
+        &self,
+        model_file: &Path,
+        model: Model<'_>,
+        o: &LoadOptions,
+    ) -> Result<Box<dyn Session>, BackendError> {
         let fail = |reason: String| BackendError::Load {
             path: model_file.display().to_string(),
             reason,
@@ -66,7 +93,7 @@ impl Backend for OrtBackend {
             Some("2") | Some("extended") => GraphOptimizationLevel::Level2,
             _ => GraphOptimizationLevel::All,
         };
-        let session = ort::session::Session::builder(&self.env)
+        let mut builder = ort::session::Session::builder(&self.env)
             .map_err(|e| fail(e.to_string()))?
             .with_optimization_level(opt_level)
             .map_err(|e| fail(e.to_string()))?
@@ -78,9 +105,12 @@ impl Backend for OrtBackend {
             .with_intra_op_spinning(false)
             .map_err(|e| fail(e.to_string()))?
             .with_inter_op_spinning(false)
-            .map_err(|e| fail(e.to_string()))?
-            .commit_from_file(model_file)
             .map_err(|e| fail(e.to_string()))?;
+        let session = match model {
+            Model::File(path) => builder.commit_from_file(path),
+            Model::Memory(bytes) => builder.commit_from_memory(bytes),
+        }
+        .map_err(|e| fail(e.to_string()))?;
         let spec = |o: &ort::value::Outlet| -> Result<IoSpec, BackendError> {
             match o.dtype() {
                 ValueType::Tensor { ty, shape, .. } => Ok(IoSpec {

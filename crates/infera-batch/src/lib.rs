@@ -9,6 +9,7 @@ pub mod checkpoint;
 mod inputs;
 mod output;
 mod run;
+mod sink;
 
 pub use checkpoint::Checkpoint;
 pub use inputs::{IMAGE_EXTENSIONS, InputFile, Inputs, Source, list_images};

@@ -1,8 +1,6 @@
 //! One batch run: list (or reload) the inputs, classify them in ordered chunks, append each
 //! chunk's rows durably, checkpoint, and at the end move the finished files into place.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +12,10 @@ use infera_core::classify::{image_classifier, labels_of};
 use infera_core::{ErrorKind, InferenceServer};
 
 use crate::BatchError;
-use crate::checkpoint::{Checkpoint, RunPaths, reopen_truncated, sync_dir, write_atomic};
+use crate::checkpoint::{Checkpoint, RunPaths, sync_dir, write_atomic};
 use crate::inputs::{InputFile, Inputs, Source, list_images};
 use crate::output::{Format, error_row, errors_header};
+use crate::sink::Sink;
 
 #[derive(Debug, Clone)]
 pub struct BatchOptions {
@@ -41,6 +40,8 @@ pub struct BatchOptions {
     pub fetch: Option<Arc<dyn Fetch>>,
     /// An input larger than this (file or download) becomes an error row unread.
     pub max_file_bytes: u64,
+    /// Encrypts the results, errors and input list at rest (AES-256-GCM records).
+    pub seal: Option<Arc<infera_seal::Keyring>>,
 }
 
 /// Fetches a URL input when the run reaches it; the error is the input's error row.
@@ -299,19 +300,17 @@ async fn classify_part(
     Ok(())
 }
 
-fn append(f: &mut File, bytes: &[u8], path: &Path) -> Result<(), BatchError> {
-    f.write_all(bytes)
-        .map_err(BatchError::io("cannot write", path))
-}
-
 /// Moves the finished files into place, then removes the checkpoint. Safe to repeat: a
 /// crash anywhere in here is finished by the next `--resume`.
-fn finish(paths: &RunPaths) -> Result<(), BatchError> {
+fn finish(paths: &RunPaths, seal: Option<&Arc<infera_seal::Keyring>>) -> Result<(), BatchError> {
     for (partial, done) in [
         (&paths.output_partial, &paths.output),
         (&paths.errors_partial, &paths.errors),
     ] {
         if partial.exists() {
+            if let Some(k) = seal {
+                infera_seal::finalize(k, partial).map_err(|e| BatchError::Resume(e.to_string()))?;
+            }
             std::fs::rename(partial, done)
                 .map_err(BatchError::io("cannot move into place", done))?;
             sync_dir(done)?;
@@ -373,8 +372,18 @@ pub async fn run_batch(
                 ck.format
             )));
         }
-        let list =
+        let mut list =
             std::fs::read(&paths.files).map_err(BatchError::io("cannot read", &paths.files))?;
+        if infera_seal::is_sealed(&list) {
+            let k = opts.seal.as_ref().ok_or_else(|| {
+                BatchError::Resume(format!(
+                    "{} is encrypted: resume with the encryption key file",
+                    paths.files.display()
+                ))
+            })?;
+            list = infera_seal::open_all(k, &list, &paths.files.display().to_string())
+                .map_err(|e| BatchError::Resume(e.to_string()))?;
+        }
         let files: Vec<InputFile> = serde_json::from_slice(&list).map_err(|e| {
             BatchError::Resume(format!("{} is damaged: {e}", paths.files.display()))
         })?;
@@ -388,7 +397,7 @@ pub async fn run_batch(
         }
         if ck.done == ck.total && !paths.output_partial.exists() {
             // Killed while moving the finished files into place.
-            finish(&paths)?;
+            finish(&paths, opts.seal.as_ref())?;
             let p = Progress::from(&ck);
             on_progress(&p);
             return Ok(Summary {
@@ -398,8 +407,8 @@ pub async fn run_batch(
                 errors: paths.errors,
             });
         }
-        let out = reopen_truncated(&paths.output_partial, ck.output_bytes)?;
-        let err = reopen_truncated(&paths.errors_partial, ck.errors_bytes)?;
+        let out = Sink::open(&paths.output_partial, ck.output_bytes, opts.seal.as_ref())?;
+        let err = Sink::open(&paths.errors_partial, ck.errors_bytes, opts.seal.as_ref())?;
         (ck, files, out, err)
     } else {
         if paths.checkpoint.exists() {
@@ -423,11 +432,20 @@ pub async fn run_batch(
         };
         let list = serde_json::to_vec(&files)
             .map_err(|e| BatchError::Input(format!("file names: {e}")))?;
+        let list = match &opts.seal {
+            Some(k) => {
+                infera_seal::seal_all(k, &list).map_err(|e| BatchError::Input(e.to_string()))?
+            }
+            None => list,
+        };
         write_atomic(&paths.files, &list)?;
-        let header = opts.format.header(&labels);
-        let eheader = errors_header();
-        write_atomic(&paths.output_partial, &header)?;
-        write_atomic(&paths.errors_partial, &eheader)?;
+        let output_bytes = Sink::create(
+            &paths.output_partial,
+            &opts.format.header(&labels),
+            opts.seal.as_ref(),
+        )?;
+        let errors_bytes =
+            Sink::create(&paths.errors_partial, &errors_header(), opts.seal.as_ref())?;
         let ck = Checkpoint {
             version: 1,
             model: opts.model.clone(),
@@ -438,12 +456,12 @@ pub async fn run_batch(
             done: 0,
             succeeded: 0,
             failed: 0,
-            output_bytes: header.len() as u64,
-            errors_bytes: eheader.len() as u64,
+            output_bytes,
+            errors_bytes,
         };
         ck.save(&paths.checkpoint)?;
-        let out = reopen_truncated(&paths.output_partial, ck.output_bytes)?;
-        let err = reopen_truncated(&paths.errors_partial, ck.errors_bytes)?;
+        let out = Sink::open(&paths.output_partial, ck.output_bytes, opts.seal.as_ref())?;
+        let err = Sink::open(&paths.errors_partial, ck.errors_bytes, opts.seal.as_ref())?;
         (ck, files, out, err)
     };
 
@@ -518,7 +536,7 @@ pub async fn run_batch(
         return Err(e);
     }
     let ck = ck?;
-    finish(&paths)?;
+    finish(&paths, opts.seal.as_ref())?;
     Ok(Summary {
         progress: Progress::from(&ck),
         resumed_from,
@@ -533,29 +551,25 @@ fn write_chunks(
     mut rx: tokio::sync::mpsc::Receiver<Vec<Outcome>>,
     progress: tokio::sync::mpsc::UnboundedSender<Result<Progress, BatchError>>,
     mut ck: Checkpoint,
-    mut out: File,
-    mut err: File,
+    mut out: Sink,
+    mut err: Sink,
     paths: &RunPaths,
 ) -> Result<Checkpoint, BatchError> {
     let mut write = |chunks: Vec<Vec<Outcome>>| -> Result<Progress, BatchError> {
         for r in chunks.iter().flatten() {
             match r {
                 Outcome::Row(b) => {
-                    append(&mut out, b, &paths.output_partial)?;
+                    out.push(b);
                     ck.succeeded += 1;
-                    ck.output_bytes += b.len() as u64;
                 }
                 Outcome::Failed(b) => {
-                    append(&mut err, b, &paths.errors_partial)?;
+                    err.push(b);
                     ck.failed += 1;
-                    ck.errors_bytes += b.len() as u64;
                 }
             }
         }
-        out.sync_data()
-            .map_err(BatchError::io("cannot sync", &paths.output_partial))?;
-        err.sync_data()
-            .map_err(BatchError::io("cannot sync", &paths.errors_partial))?;
+        ck.output_bytes += out.commit()?;
+        ck.errors_bytes += err.commit()?;
         ck.done += chunks.iter().map(Vec::len).sum::<usize>();
         ck.save(&paths.checkpoint)?;
         Ok(Progress::from(&ck))

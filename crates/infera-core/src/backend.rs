@@ -73,6 +73,23 @@ pub trait Backend: Send + Sync {
         model_file: &Path,
         options: &LoadOptions,
     ) -> Result<Box<dyn Session>, BackendError>;
+    /// Loads a model given in memory (an encrypted model file, decrypted at load so the
+    /// plain model never touches the disk); `name` is for messages.
+    fn load_bytes(
+        &self,
+        bytes: &[u8],
+        name: &Path,
+        options: &LoadOptions,
+    ) -> Result<Box<dyn Session>, BackendError> {
+        let _ = (bytes, options);
+        Err(BackendError::Load {
+            path: name.display().to_string(),
+            reason: format!(
+                "the {} backend cannot load encrypted model files",
+                self.name()
+            ),
+        })
+    }
 }
 
 /// One loaded copy of a model (one instance of an instance group). Not shared between threads.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod metrics;
 pub mod repository;
 pub mod request;
+pub mod request_id;
 pub mod scheduler;
 pub mod server;
 pub mod stats;

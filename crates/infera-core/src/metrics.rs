@@ -122,6 +122,11 @@ impl Metrics {
         }
     }
 
+    /// Adds a collector read at every scrape (e.g. per-identity usage).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> Result<(), String> {
+        self.registry.register(c).map_err(|e| e.to_string())
+    }
+
     /// The text exposition format for `/metrics`.
     pub fn render(&self) -> String {
         TextEncoder::new()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use infera_auth::{Admission, Auth, Denied, Group, Identity, Peer};
+use infera_auth::{Admission, Api, Auth, Denied, Group, Identity, Peer, Restrictions};
 use tonic::Status;
 
 /// The group of a method of `inference.GRPCInferenceService`.
@@ -20,6 +20,22 @@ pub fn group_of(method: &str) -> Group {
         }
         "ModelInfer" | "ModelStreamInfer" => Group::Infer,
         _ => Group::Operate,
+    }
+}
+
+/// The API of a method, as Triton's `--grpc-restricted-protocol` names it.
+pub fn api_of(method: &str) -> Api {
+    match method {
+        "ServerLive" | "ServerReady" | "ModelReady" => Api::Health,
+        "ServerMetadata" | "ModelMetadata" => Api::Metadata,
+        "ModelInfer" | "ModelStreamInfer" => Api::Inference,
+        "ModelConfig" => Api::ModelConfig,
+        "ModelStatistics" => Api::Statistics,
+        "RepositoryIndex" | "RepositoryModelLoad" | "RepositoryModelUnload" => Api::ModelRepository,
+        m if m.contains("SharedMemory") => Api::SharedMemory,
+        "TraceSetting" => Api::Trace,
+        "LogSettings" => Api::Logging,
+        _ => Api::Admin,
     }
 }
 
@@ -61,11 +77,21 @@ pub fn admit(ext: &tonic::Extensions) -> Result<Admission, Status> {
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Arc<Auth>,
+    restrictions: Arc<Restrictions>,
 }
 
 impl AuthLayer {
     pub fn new(auth: Arc<Auth>) -> AuthLayer {
-        AuthLayer { auth }
+        AuthLayer {
+            auth,
+            restrictions: Arc::default(),
+        }
+    }
+
+    /// With Triton's `--grpc-restricted-protocol` rules.
+    pub fn restricted(mut self, restrictions: Restrictions) -> AuthLayer {
+        self.restrictions = Arc::new(restrictions);
+        self
     }
 }
 
@@ -75,6 +101,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            restrictions: self.restrictions.clone(),
         }
     }
 }
@@ -83,6 +110,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Auth>,
+    restrictions: Arc<Restrictions>,
 }
 
 fn metadata<'a, B>(req: &'a http::Request<B>, name: &str) -> Option<&'a str> {
@@ -112,12 +140,17 @@ where
             .next()
             .unwrap_or("")
             .to_string();
-        let group = group_of(&method);
+        let api = api_of(&method);
+        let group = self.auth.group_of(api, group_of(&method));
         let cred =
             infera_auth::credential(metadata(&req, "authorization"), metadata(&req, "x-api-key"));
         // tonic puts the connection's info (the server's accept loop makes it a Peer) here.
         let peer = req.extensions().get::<Peer>().cloned().unwrap_or_default();
-        match self.auth.check(cred, &peer, group, None, None) {
+        let checked = self
+            .restrictions
+            .check(api, |h| metadata(&req, h))
+            .and_then(|()| self.auth.check(cred, &peer, group, None, None));
+        match checked {
             Err(d) => {
                 self.auth
                     .audit_denial(cred, &peer, &d, &format!("gRPC {method}"), None);
@@ -125,17 +158,34 @@ where
                 Box::pin(async move { Ok(resp) })
             }
             Ok((who, _)) => {
-                if group == Group::Operate {
-                    let from = peer.addr.map(|a| a.ip().to_string()).unwrap_or_default();
-                    self.auth
-                        .audit(&who.id, &format!("gRPC {method}"), "", "called", &from);
-                }
+                let audited = matches!(group, Group::Operate | Group::Admin);
+                let id = who.id.clone();
                 req.extensions_mut().insert(who);
                 req.extensions_mut().insert(self.auth.clone());
                 // The clone that was polled ready serves this call (tower's rule).
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move { inner.call(req).await })
+                if !audited {
+                    return Box::pin(async move { inner.call(req).await });
+                }
+                let auth = self.auth.clone();
+                let from = peer.addr.map(|a| a.ip().to_string()).unwrap_or_default();
+                Box::pin(async move {
+                    let resp = inner.call(req).await?;
+                    // A handler's error comes back trailers-only, its status in the headers.
+                    let outcome = match resp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        None | Some("0") => "OK".to_string(),
+                        Some(code) => {
+                            format!("{:?}", tonic::Code::from_i32(code.parse().unwrap_or(2)))
+                        }
+                    };
+                    auth.audit(&id, &format!("gRPC {method}"), "", &outcome, &from);
+                    Ok(resp)
+                })
             }
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod auth;
 mod convert;
+pub mod observe;
 
 use std::pin::Pin;
 use std::sync::Arc;

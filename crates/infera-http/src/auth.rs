@@ -10,13 +10,15 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use infera_auth::{Auth, Denied, Group, Identity, Peer};
+use infera_auth::{Api, Auth, Denied, Group, Identity, Peer, Restrictions};
 
 use crate::json_error;
 
 #[derive(Clone)]
 pub struct AuthState {
     pub auth: Arc<Auth>,
+    /// Triton's `--http-restricted-api` rules.
+    pub restrictions: Arc<Restrictions>,
     /// The model `/predict` uses when the request names none.
     pub default_model: Arc<str>,
 }
@@ -26,6 +28,8 @@ pub struct AuthState {
 #[derive(Debug, PartialEq)]
 pub struct Endpoint {
     pub group: Group,
+    /// The API as Triton names it (for `--public-endpoints` and restricted APIs).
+    pub api: Api,
     pub model: Option<String>,
     pub counts: bool,
     pub audited: bool,
@@ -35,6 +39,14 @@ fn decode(segment: &str) -> String {
     percent_encoding::percent_decode_str(segment)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// The part after /v2/models/NAME[/versions/V].
+fn model_tail<'a>(rest: &[&'a str]) -> Option<&'a str> {
+    match rest {
+        ["versions", _, tail @ ..] => tail.first().copied(),
+        _ => rest.first().copied(),
+    }
 }
 
 /// The endpoint group of a request, from its method and path (as the router will see them).
@@ -47,8 +59,9 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, default_model:
         n += 1;
     }
     let parts = &segments[..n];
-    let e = |group, model: Option<&str>, counts, audited| Endpoint {
+    let e = |group, api, model: Option<&str>, counts, audited| Endpoint {
         group,
+        api,
         model: model.map(decode),
         counts,
         audited,
@@ -61,32 +74,50 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, default_model:
             .map(decode)
     };
     match parts {
-        [""] | ["index.html"] | ["health"] | ["ping"] | ["v2", "health", ..] => {
-            e(Group::Public, None, false, false)
+        [""] | ["index.html"] => e(Group::Public, Api::Page, None, false, false),
+        ["health"] | ["ping"] | ["v2", "health", ..] => {
+            e(Group::Public, Api::Health, None, false, false)
         }
-        ["v2", "models", "stats"] => e(Group::Read, None, false, false),
-        ["v2", "models", m, "infer"] | ["v2", "models", m, "versions", _, "infer"] => {
-            e(Group::Infer, Some(m), true, false)
+        ["metrics"] => e(Group::Read, Api::Metrics, None, false, false),
+        ["v2"] => e(Group::Read, Api::Metadata, None, false, false),
+        ["v2", "models", "stats"] => e(Group::Read, Api::Statistics, None, false, false),
+        ["v2", "models", m, rest @ ..] => match model_tail(rest) {
+            Some("infer") | Some("generate") | Some("generate_stream") => {
+                e(Group::Infer, Api::Inference, Some(m), true, false)
+            }
+            Some("ready") => e(Group::Read, Api::Health, Some(m), false, false),
+            Some("config") => e(Group::Read, Api::ModelConfig, Some(m), false, false),
+            Some("stats") => e(Group::Read, Api::Statistics, Some(m), false, false),
+            _ => e(Group::Read, Api::Metadata, Some(m), false, false),
+        },
+        ["v2", "repository", "models", m, _] => {
+            e(Group::Operate, Api::ModelRepository, Some(m), false, true)
         }
-        ["v2", "models", m, ..] => e(Group::Read, Some(m), false, false),
-        ["v2", "repository", "models", m, _] => e(Group::Operate, Some(m), false, true),
-        ["v2", "repository", ..] => e(Group::Operate, None, false, false),
-        ["v2", "admin", ..] => e(Group::Admin, None, false, false),
+        ["v2", "repository", ..] => e(Group::Operate, Api::ModelRepository, None, false, false),
+        ["v2", "trace", ..] => e(Group::Read, Api::Trace, None, false, false),
+        ["v2", "logging", ..] => e(Group::Read, Api::Logging, None, false, false),
+        ["v2", "systemsharedmemory" | "cudasharedmemory", ..] => {
+            e(Group::Read, Api::SharedMemory, None, false, false)
+        }
+        ["v2", "admin", ..] => e(Group::Admin, Api::Admin, None, false, false),
         ["predict"] | ["predict", "batch"] => Endpoint {
             group: Group::Infer,
+            api: Api::Inference,
             model: Some(query_model().unwrap_or_else(|| default_model.to_string())),
             counts: true,
             audited: false,
         },
-        ["predictions", m, ..] => e(Group::Infer, Some(m), true, false),
+        ["predictions", m, ..] => e(Group::Infer, Api::Inference, Some(m), true, false),
         // Jobs: the model (in the body) and ownership are checked by the handlers.
         ["api", "inference", ..] => e(
             Group::Infer,
+            Api::Jobs,
             None,
             *method == Method::POST,
             *method != Method::GET,
         ),
-        _ => e(Group::Read, None, false, false),
+        ["stats"] => e(Group::Read, Api::Statistics, None, false, false),
+        _ => e(Group::Read, Api::Metadata, None, false, false),
     }
 }
 
@@ -138,13 +169,20 @@ pub async fn layer(State(s): State<AuthState>, mut req: Request, next: Next) -> 
     );
     // The connection's address and client certificate (set by the server's accept loop).
     let peer = req.extensions().get::<Peer>().cloned().unwrap_or_default();
-    let (who, admission) = match s.auth.check(
-        cred,
-        &peer,
-        ep.group,
-        ep.model.as_deref(),
-        ep.counts.then_some(1),
-    ) {
+    let group = s.auth.group_of(ep.api, ep.group);
+    let checked = s
+        .restrictions
+        .check(ep.api, |h| header_str(headers, h))
+        .and_then(|()| {
+            s.auth.check(
+                cred,
+                &peer,
+                group,
+                ep.model.as_deref(),
+                ep.counts.then_some(1),
+            )
+        });
+    let (who, admission) = match checked {
         Ok(ok) => ok,
         Err(d) => {
             let what = format!("{} {}", req.method(), req.uri().path());
@@ -162,7 +200,7 @@ pub async fn layer(State(s): State<AuthState>, mut req: Request, next: Next) -> 
         }
     };
     // Only management calls are audited: the string is made for them alone.
-    let what = (ep.audited || ep.group == Group::Admin)
+    let what = (ep.audited || group == Group::Admin)
         .then(|| format!("{} {}", req.method(), req.uri().path()));
     req.extensions_mut().insert(who.clone());
     req.extensions_mut().insert(s.auth.clone());
@@ -177,6 +215,8 @@ pub async fn layer(State(s): State<AuthState>, mut req: Request, next: Next) -> 
             &from,
         );
     }
+    // For the access log, outside this layer.
+    resp.extensions_mut().insert(who);
     if let (Some(limit), Some(remaining)) = (admission.limit, admission.remaining) {
         let h = resp.headers_mut();
         h.insert("ratelimit-limit", HeaderValue::from(limit));
@@ -188,13 +228,40 @@ pub async fn layer(State(s): State<AuthState>, mut req: Request, next: Next) -> 
 
 /// `router` behind [`layer`].
 pub fn protect(router: axum::Router, auth: Arc<Auth>, default_model: &str) -> axum::Router {
+    protect_with(router, auth, default_model, Restrictions::default())
+}
+
+/// `router` behind [`layer`], with Triton's restricted APIs too.
+pub fn protect_with(
+    router: axum::Router,
+    auth: Arc<Auth>,
+    default_model: &str,
+    restrictions: Restrictions,
+) -> axum::Router {
     router.layer(axum::middleware::from_fn_with_state(
         AuthState {
             auth,
+            restrictions: Arc::new(restrictions),
             default_model: Arc::from(default_model),
         },
         layer,
     ))
+}
+
+/// Charges `extra` more units (images of a batch request beyond the one the middleware
+/// counted) to the caller's rate and quota; a refusal is the 429 to answer.
+pub fn charge(extensions: &axum::http::Extensions, extra: u32) -> Option<Response> {
+    if extra == 0 {
+        return None;
+    }
+    let (who, auth) = (
+        extensions.get::<Identity>()?,
+        extensions.get::<Arc<Auth>>()?,
+    );
+    let d = auth.admit(who, extra).err()?;
+    let what = "images of a batch request";
+    auth.audit(&who.id, what, "", &format!("429 {}", d.message()), "");
+    Some(denied(&d))
 }
 
 /// The caller of a request that went through [`layer`] (anonymous on an open server).

@@ -3,6 +3,7 @@
 pub mod auth;
 mod codec;
 mod error;
+pub mod observe;
 
 use std::sync::Arc;
 

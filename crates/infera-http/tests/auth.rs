@@ -273,3 +273,120 @@ async fn an_open_router_needs_nothing() {
     assert_eq!(r.status(), StatusCode::OK);
     let _ = Arc::new(());
 }
+
+#[tokio::test]
+async fn triton_restricted_apis_need_their_header_even_on_an_open_server() {
+    let repo = Repo::new();
+    repo.model("m", &memory_config("m", 4, 8, &[]));
+    let restrictions =
+        infera_auth::Restrictions::parse(&["model-repository,statistics:admin-key=s3cret".into()])
+            .unwrap();
+    let app = infera_http::auth::protect_with(
+        infera_http::router(repo.server(vec![]), 1 << 20),
+        infera_auth::Auth::open(None),
+        "m",
+        restrictions,
+    );
+    let send = |path: &'static str, method: &'static str, key: Option<&'static str>| {
+        let app = app.clone();
+        async move {
+            let mut b = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::CONTENT_TYPE, "application/json");
+            if let Some(k) = key {
+                b = b.header("admin-key", k);
+            }
+            let r = app
+                .oneshot(b.body(Body::from("{}")).unwrap())
+                .await
+                .unwrap();
+            let status = r.status();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (s, body) = send("/v2/repository/index", "POST", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(
+        body.contains("This API is restricted, expecting header 'admin-key'"),
+        "{body}"
+    );
+    assert_eq!(
+        send("/v2/repository/index", "POST", Some("wrong")).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send("/v2/repository/index", "POST", Some("s3cret")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send("/v2/models/m/stats", "GET", None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send("/v2/models/m/versions/1/stats", "GET", None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    // Unrestricted APIs are untouched.
+    assert_eq!(
+        send("/v2/models/m/config", "GET", None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send("/v2/health/ready", "GET", None).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn public_endpoints_can_be_closed_or_opened() {
+    let repo = Repo::new();
+    repo.model("m", &memory_config("m", 4, 8, &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.toml");
+    let mut file = KeyFile::default();
+    let key = file.create(entry("reader", Role::Reader)).unwrap();
+    file.save(&path).unwrap();
+    let app = |public: &str| {
+        let auth = infera_auth::Auth::new(infera_auth::AuthOptions {
+            keys_file: Some(path.clone()),
+            public: Some(infera_auth::ApiSet::parse(public).unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        infera_http::auth::protect(infera_http::router(repo.server(vec![]), 1 << 20), auth, "m")
+    };
+    let status = |app: axum::Router, path: &'static str, key: Option<String>| async move {
+        let mut b = Request::builder().uri(path);
+        if let Some(k) = key {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        app.oneshot(b.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    };
+    let closed = app("none");
+    assert_eq!(
+        status(closed.clone(), "/v2/health/ready", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(closed.clone(), "/v2/health/ready", Some(key.clone())).await,
+        StatusCode::OK
+    );
+    let open = app("health,model-config");
+    assert_eq!(
+        status(open.clone(), "/v2/health/live", None).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(open.clone(), "/v2/models/m/config", None).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(open.clone(), "/v2/models/m", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+}

@@ -81,6 +81,8 @@ pub struct JobConfig {
     /// Chunks in flight per job.
     pub workers: usize,
     pub limits: JobLimits,
+    /// Encrypts every job's results, errors and input list at rest.
+    pub seal: Option<Arc<infera_seal::Keyring>>,
 }
 
 /// Per-job and per-server bounds; past them a request gets a 4xx, or inputs error rows.
@@ -362,6 +364,29 @@ impl JobManager {
 
     pub(crate) fn job_dir(&self, id: &str) -> PathBuf {
         self.cfg.data_dir.join("jobs").join(id)
+    }
+
+    /// How many images a job over `inputs` will predict, for rate limits and quotas: one
+    /// per file or URL, a folder's images for a folder the policy allows (listed, at most
+    /// --job-max-inputs). Blocking.
+    pub fn image_count(&self, inputs: &[String], recursive: bool) -> usize {
+        let cap = self.cfg.limits.max_inputs;
+        inputs
+            .iter()
+            .map(|i| {
+                let path = Path::new(i);
+                if policy::is_url(i) || self.policy.check(i).is_err() || !path.is_dir() {
+                    return 1;
+                }
+                infera_batch::list_images(path, recursive).map_or(1, |l| l.len().clamp(1, cap))
+            })
+            .fold(0usize, |a, n| a.saturating_add(n))
+            .min(cap)
+    }
+
+    /// The key the job files are encrypted with, if they are.
+    pub fn seal(&self) -> Option<&Arc<infera_seal::Keyring>> {
+        self.cfg.seal.as_ref()
     }
 
     /// The job's results file (complete once the job has succeeded).

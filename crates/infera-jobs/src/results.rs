@@ -1,10 +1,41 @@
 //! Reading a finished job's files back as JSON pages, in the same shape for CSV and JSONL.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use infera_batch::Format;
+use infera_seal::{Keyring, MAGIC, SealReader};
 use serde_json::{Map, Value, json};
+
+/// A job file's plaintext as a reader: decrypted (and authenticated record by record) when
+/// the server encrypts at rest. A `.partial` file may stop after any whole record; a
+/// finished one must carry its end mark.
+pub fn open(path: &Path, seal: Option<&Keyring>) -> Result<Box<dyn Read + Send>, String> {
+    let mut file = BufReader::new(
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    );
+    let sealed = file
+        .fill_buf()
+        .map(|b| b.starts_with(MAGIC))
+        .unwrap_or(false);
+    match (sealed, seal) {
+        (false, _) => Ok(Box::new(file)),
+        (true, None) => Err(format!(
+            "{} is encrypted: start the server with the --encryption-key-file it was written with",
+            path.display()
+        )),
+        (true, Some(k)) => {
+            let finished = path.extension().is_none_or(|e| e != "partial");
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(Box::new(
+                SealReader::new(file, k, &name, finished).map_err(|e| e.to_string())?,
+            ))
+        }
+    }
+}
 
 /// Rows `offset..offset+limit` of a results file.
 pub fn results_page(
@@ -12,8 +43,9 @@ pub fn results_page(
     format: Format,
     offset: usize,
     limit: usize,
+    seal: Option<&Keyring>,
 ) -> Result<Vec<Value>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the results: {e}"))?;
+    let file = open(path, seal).map_err(|e| format!("cannot read the results: {e}"))?;
     match format {
         Format::Jsonl => BufReader::new(file)
             .lines()
@@ -63,8 +95,8 @@ fn csv_row(header: &csv::StringRecord, rec: &csv::StringRecord) -> Value {
 }
 
 /// The first `limit` error rows (`{filename, error}`) of an errors CSV, if any.
-pub fn errors_page(path: &Path, limit: usize) -> Vec<Value> {
-    let Ok(file) = std::fs::File::open(path) else {
+pub fn errors_page(path: &Path, limit: usize, seal: Option<&Keyring>) -> Vec<Value> {
+    let Ok(file) = open(path, seal) else {
         return Vec::new();
     };
     csv::Reader::from_reader(file)
@@ -89,7 +121,7 @@ mod tests {
              a.png,1,B,0.75,0.25,0.75\nb.png,0,A,0.5,0.5,0.5\nc.png,0,A,1,1,0\n",
         )
         .unwrap();
-        let page = results_page(&csv_path, Format::Csv, 1, 5).unwrap();
+        let page = results_page(&csv_path, Format::Csv, 1, 5, None).unwrap();
         assert_eq!(page.len(), 2);
         assert_eq!(
             page[0],
@@ -99,15 +131,15 @@ mod tests {
         let jl = d.path().join("p.jsonl");
         std::fs::write(&jl, "{\"filename\":\"a\"}\n{\"filename\":\"b\"}\n").unwrap();
         assert_eq!(
-            results_page(&jl, Format::Jsonl, 1, 1).unwrap(),
+            results_page(&jl, Format::Jsonl, 1, 1, None).unwrap(),
             vec![json!({"filename": "b"})]
         );
         let e = d.path().join("e.csv");
         std::fs::write(&e, "filename,error\nx.png,\"cannot decode, truncated\"\n").unwrap();
         assert_eq!(
-            errors_page(&e, 10),
+            errors_page(&e, 10, None),
             vec![json!({"filename": "x.png", "error": "cannot decode, truncated"})]
         );
-        assert!(errors_page(&d.path().join("none.csv"), 10).is_empty());
+        assert!(errors_page(&d.path().join("none.csv"), 10, None).is_empty());
     }
 }

@@ -178,6 +178,7 @@ impl JobManager {
             priority: infera_core::scheduler::BACKGROUND,
             fetch: Some(Arc::new(fetch)),
             max_file_bytes: self.cfg.limits.max_file_bytes,
+            seal: self.cfg.seal.clone(),
         };
         let id = rec.id.clone();
         let on_progress = |p: &Progress| {

@@ -1,6 +1,7 @@
 //! `infera`: one binary to serve ONNX models over the KServe v2 / Triton protocol.
 
 mod embedded;
+mod encrypt;
 mod evaluate;
 mod keys;
 mod optimize;
@@ -49,6 +50,10 @@ enum Command {
     Report(optimize::ReportArgs),
     /// API keys for `infera serve --auth-keys`: create (printed once), list, revoke.
     Keys(keys::KeysArgs),
+    /// Encrypt a file at rest (AES-256-GCM), e.g. a model as model.onnx.enc.
+    Encrypt(encrypt::CryptArgs),
+    /// Decrypt a file infera encrypted (a model, or a batch job's results).
+    Decrypt(encrypt::CryptArgs),
 }
 
 /// Arguments passed through to the trainer (`infera train --help` shows them).
@@ -70,6 +75,8 @@ fn main() -> std::process::ExitCode {
         Command::Optimize(args) => optimize::run(args),
         Command::Report(args) => optimize::report_cmd(args),
         Command::Keys(args) => keys::run(args),
+        Command::Encrypt(args) => encrypt::run(args, true),
+        Command::Decrypt(args) => encrypt::run(args, false),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -32,6 +32,11 @@ pub struct PredictArgs {
     #[arg(long, default_value = "fashion_mnist_image")]
     model: String,
 
+    /// Encrypt the output, errors and input list at rest (AES-256-GCM; read them back with
+    /// `infera decrypt`). Give the same key to --resume.
+    #[arg(long, env = "INFERA_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    encryption_key_file: Option<PathBuf>,
+
     /// Folder of images (png, jpg, jpeg, bmp, webp, gif).
     #[arg(long, value_name = "DIR")]
     input: PathBuf,
@@ -133,6 +138,11 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         // Local files the user chose: no download, no size cap beyond memory.
         fetch: None,
         max_file_bytes: u64::MAX,
+        seal: args
+            .encryption_key_file
+            .as_deref()
+            .map(crate::encrypt::keyring)
+            .transpose()?,
     };
     let bar = ProgressBar::new(0);
     bar.set_style(

@@ -152,6 +152,7 @@ fn no_job(id: &str) -> Response {
 async fn create(
     State(jobs): State<Jobs>,
     who: Option<Extension<Identity>>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -177,6 +178,13 @@ async fn create(
             StatusCode::FORBIDDEN,
             &format!("the key '{}' may not use model '{}'", who.id, req.model),
         );
+    }
+    // Rate limits and quotas count the job's images (the request itself counted one).
+    let (inputs, recursive) = (req.inputs.clone(), req.recursive);
+    let images = blocking(m, move |m| m.image_count(&inputs, recursive)).await;
+    let extra = u32::try_from(images.saturating_sub(1)).unwrap_or(u32::MAX);
+    if let Some(refused) = infera_http::auth::charge(&extensions, extra) {
+        return refused;
     }
     match blocking(m, move |m| m.submit(req)).await {
         Ok(j) => {
@@ -259,16 +267,20 @@ async fn show(
     }
     let mut v = view(m, &j);
     let (errors_file, results_file) = (m.errors_path(&j), m.output_path(&j));
-    let errors = tokio::task::spawn_blocking(move || results::errors_page(&errors_file, 100))
-        .await
-        .unwrap_or_default();
+    let seal = m.seal().cloned();
+    let seal2 = seal.clone();
+    let errors = tokio::task::spawn_blocking(move || {
+        results::errors_page(&errors_file, 100, seal2.as_deref())
+    })
+    .await
+    .unwrap_or_default();
     v["errors"] = json!(errors);
     if j.status == Status::Succeeded {
         let offset = q.offset.unwrap_or(0);
         let limit = q.limit.unwrap_or(100).min(1000);
         let format = j.format;
         let page = tokio::task::spawn_blocking(move || {
-            results::results_page(&results_file, format, offset, limit)
+            results::results_page(&results_file, format, offset, limit, seal.as_deref())
         })
         .await
         .unwrap_or_else(|e| Err(format!("cannot read the results: {e}")));
@@ -321,6 +333,22 @@ async fn download(m: &JobManager, j: &JobRecord, what: &str) -> Response {
             );
         }
     };
+    if let Some(k) = m.seal().cloned() {
+        return match sealed_download(k, path).await {
+            Ok(body) => (
+                [
+                    (header::CONTENT_TYPE, content_type.to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"{name}\""),
+                    ),
+                ],
+                body,
+            )
+                .into_response(),
+            Err((status, msg)) => json_error(status, &msg),
+        };
+    }
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -347,6 +375,67 @@ async fn download(m: &JobManager, j: &JobRecord, what: &str) -> Response {
         Body::from_stream(tokio_util::io::ReaderStream::new(file)),
     )
         .into_response()
+}
+
+/// A job file encrypted at rest, decrypted for an authorised caller. The whole file is
+/// authenticated before the first byte goes out, so damage is a 500, not a cut-off download
+/// of data that cannot be trusted.
+async fn sealed_download(
+    k: Arc<infera_seal::Keyring>,
+    path: std::path::PathBuf,
+) -> Result<Body, (StatusCode, String)> {
+    use std::io::Read;
+    if !path.exists() {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "the file does not exist (yet)".into(),
+        ));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    tokio::task::spawn_blocking(move || {
+        let check = results::open(&path, Some(&k)).and_then(|mut r| {
+            std::io::copy(&mut r, &mut std::io::sink())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        let failed = check.is_err();
+        let _ = ready_tx.send(check);
+        if failed {
+            return;
+        }
+        let Ok(mut r) = results::open(&path, Some(&k)) else {
+            return;
+        };
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    match ready_rx.await {
+        Ok(Ok(())) => Ok(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )),
+        Ok(Err(e)) => Err((StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(_) => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the file".into(),
+        )),
+    }
 }
 
 async fn cancel(

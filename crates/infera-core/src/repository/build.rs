@@ -92,8 +92,17 @@ impl ModelRepository {
         let mut loaded: BTreeMap<i64, Vec<Box<dyn Session>>> = BTreeMap::new();
         let mut signature: Option<Signature> = None;
         for &v in &versions {
+            let sealed_name = if model_file.ends_with(".enc") {
+                model_file.clone()
+            } else {
+                format!("{model_file}.enc")
+            };
+            let sealed = backend.needs_model_file()
+                && !dir.join(v.to_string()).join(&model_file).exists()
+                && dir.join(v.to_string()).join(&sealed_name).exists();
+            let file = if sealed { &sealed_name } else { &model_file };
             let path = if backend.needs_model_file() {
-                files::confined(dir, &format!("{v}/{model_file}")).map_err(|r| {
+                files::confined(dir, &format!("{v}/{file}")).map_err(|r| {
                     ServeError::invalid(format!(
                         "model '{name}': version {v}: default_model_filename: {}",
                         r.0
@@ -102,11 +111,18 @@ impl ModelRepository {
             } else {
                 dir.join(v.to_string())
             };
+            let plain = if sealed {
+                Some(self.decrypt(name, v, &path)?)
+            } else {
+                None
+            };
             let mut sessions = Vec::with_capacity(instances);
             for _ in 0..instances {
-                let s = backend
-                    .load(&path, &options)
-                    .map_err(|e| ServeError::invalid(format!("model '{name}': {e}")))?;
+                let s = match &plain {
+                    Some(bytes) => backend.load_bytes(bytes, &path, &options),
+                    None => backend.load(&path, &options),
+                }
+                .map_err(|e| ServeError::invalid(format!("model '{name}': {e}")))?;
                 sessions.push(s);
             }
             let sig = sessions[0].signature().clone();
@@ -163,6 +179,23 @@ impl ModelRepository {
             model_input_count: signature.inputs.len(),
             versions: version_map,
         })
+    }
+
+    /// The plaintext of an encrypted model file, in memory only.
+    fn decrypt(&self, name: &str, v: i64, path: &Path) -> ServeResult<Vec<u8>> {
+        let keyring = self.options.keyring.as_ref().ok_or_else(|| {
+            ServeError::invalid(format!(
+                "model '{name}': version {v}: the model file is encrypted; start the server with --encryption-key-file"
+            ))
+        })?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            ServeError::invalid(format!(
+                "model '{name}': version {v}: cannot read the model file: {e}"
+            ))
+        })?;
+        let file = format!("model '{name}' version {v}");
+        infera_seal::open_all(keyring, &bytes, &file)
+            .map_err(|e| ServeError::invalid(e.to_string()))
     }
 
     fn pick_backend(&self, cfg: &mut ModelConfig) -> Result<Arc<dyn Backend>, ConfigError> {

@@ -51,6 +51,8 @@ pub struct RepositoryOptions {
     pub cores: usize,
     /// Sessions one model may open (instances × versions served); each holds the model.
     pub max_sessions: usize,
+    /// Opens encrypted model files (`model.onnx.enc`, made by `infera encrypt`) in memory.
+    pub keyring: Option<Arc<infera_seal::Keyring>>,
 }
 
 impl Default for RepositoryOptions {
@@ -60,6 +62,7 @@ impl Default for RepositoryOptions {
             max_queue: 1024,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_sessions: 16,
+            keyring: None,
         }
     }
 }

@@ -164,6 +164,46 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERA_AUTH_KEYS", value_name = "FILE")]
     auth_keys: Option<PathBuf>,
 
+    /// Accept JWT bearer tokens (OAuth2 access tokens) signed by the keys of this JWKS: a
+    /// file (re-read when it changes) or an http(s) URL (fetched every --jwt-refresh-secs and
+    /// when a token names an unknown key id). RS*, PS*, ES256/384 and EdDSA.
+    #[arg(
+        long,
+        env = "INFERA_JWT_JWKS",
+        value_name = "FILE_OR_URL",
+        conflicts_with = "jwt_secret_file"
+    )]
+    jwt_jwks: Option<String>,
+
+    /// Accept HS256 JWT bearer tokens signed with the secret in FILE (at least 32 bytes).
+    #[arg(long, env = "INFERA_JWT_SECRET_FILE", value_name = "FILE")]
+    jwt_secret_file: Option<PathBuf>,
+
+    /// The issuer (`iss`) tokens must carry.
+    #[arg(long, env = "INFERA_JWT_ISSUER", value_name = "ISS")]
+    jwt_issuer: Option<String>,
+
+    /// The audience (`aud`) tokens must be for; without it the audience is not checked.
+    #[arg(long, env = "INFERA_JWT_AUDIENCE", value_name = "AUD")]
+    jwt_audience: Option<String>,
+
+    /// The claim holding the caller's role(s) (reader, infer, operator, admin; the highest
+    /// wins). A dotted path reaches nested claims, e.g. Keycloak's `realm_access.roles`.
+    #[arg(long, env = "INFERA_JWT_ROLES_CLAIM", default_value = "roles")]
+    jwt_roles_claim: String,
+
+    /// The claim listing the models the caller may use; without it, every model.
+    #[arg(long, env = "INFERA_JWT_MODELS_CLAIM", value_name = "CLAIM")]
+    jwt_models_claim: Option<String>,
+
+    /// Seconds of clock skew allowed on a token's `exp` and `nbf`.
+    #[arg(long, env = "INFERA_JWT_LEEWAY_SECS", default_value_t = 30)]
+    jwt_leeway_secs: u64,
+
+    /// How often a JWKS URL is fetched again.
+    #[arg(long, env = "INFERA_JWT_REFRESH_SECS", default_value_t = 300)]
+    jwt_refresh_secs: u64,
+
     /// TLS certificate chain (PEM) for every port (HTTPS, gRPC over TLS, metrics); with
     /// --tls-key. Re-read when the file changes, so rotation needs no restart.
     #[arg(
@@ -202,9 +242,38 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERA_INSECURE_NO_AUTH")]
     insecure_no_auth: bool,
 
+    /// Encrypt batch-job results, errors and input lists at rest (AES-256-GCM), and open
+    /// encrypted model files (`model.onnx.enc`, from `infera encrypt`) in memory at load.
+    /// The file: 32 random bytes, 64 hex digits, or lines `ID HEX` for rotation.
+    #[arg(long, env = "INFERA_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    encryption_key_file: Option<PathBuf>,
+
+    /// APIs open without a credential when authentication is on, comma-separated, or
+    /// "none": health, page, metrics, metadata, model-config, statistics, inference, ...
+    /// (Triton's API names, plus page, metrics, jobs and admin).
+    #[arg(long, env = "INFERA_PUBLIC_ENDPOINTS", default_value = "health,page", value_parser = infera_auth::ApiSet::parse)]
+    public_endpoints: infera_auth::ApiSet,
+
+    /// Triton's restricted HTTP APIs, `API[,API...]:HEADER=VALUE` (repeatable): requests to
+    /// those APIs must carry the header with that value (else 403), on top of keys or tokens.
+    /// APIs: health, metadata, inference, shared-memory, model-config, model-repository,
+    /// statistics, trace, logging.
+    #[arg(long, value_name = "APIS:KEY=VALUE")]
+    http_restricted_api: Vec<String>,
+
+    /// Triton's restricted gRPC protocols, `PROTOCOL[,...]:KEY=VALUE` (repeatable): calls
+    /// must carry the metadata with that value (else PERMISSION_DENIED).
+    #[arg(long, value_name = "PROTOCOLS:KEY=VALUE")]
+    grpc_restricted_protocol: Vec<String>,
+
     /// Append one JSON line per management action and per refused request to FILE.
     #[arg(long, env = "INFERA_AUDIT_LOG", value_name = "FILE")]
     audit_log: Option<PathBuf>,
+
+    /// One log line per request (target `infera::access`: method, path or RPC, status,
+    /// milliseconds, bytes, identity), each with the request's id (X-Request-Id).
+    #[arg(long, env = "INFERA_ACCESS_LOG")]
+    access_log: bool,
 
     /// Log format: "text" for people, "json" for log pipelines. Levels come from RUST_LOG.
     #[arg(long, env = "INFERA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -310,10 +379,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format);
     let repo_dir = repository_dir(args.model_repository.as_deref())?;
     let metrics = Metrics::new();
+    let keyring = args
+        .encryption_key_file
+        .as_deref()
+        .map(crate::encrypt::keyring)
+        .transpose()?;
     let options = RepositoryOptions {
         default_max_batch_size: args.default_max_batch_size,
         max_queue: args.max_queue_size.max(1),
         max_sessions: args.max_model_sessions.max(1),
+        keyring: keyring.clone(),
         ..Default::default()
     };
     let repository = Arc::new(ModelRepository::new(
@@ -331,7 +406,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .worker_threads(args.io_threads.max(1))
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(args, server, metrics, started));
+    let result = runtime.block_on(serve(args, server, metrics, keyring, started));
     // Tasks a hung client still holds (or a model load in progress) must not keep the
     // process alive past the exit deadline.
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -364,27 +439,67 @@ async fn bind(a: SocketAddr, what: &str, flag: &str) -> anyhow::Result<tokio::ne
     })
 }
 
-/// Who may call: API keys when `--auth-keys` is given; else an open server, which only
-/// loopback addresses get without `--insecure-no-auth`.
-fn auth(args: &ServeArgs) -> anyhow::Result<Arc<infera_auth::Auth>> {
+/// JWT verification when --jwt-jwks or --jwt-secret-file is given.
+async fn jwt(args: &ServeArgs) -> anyhow::Result<Option<Arc<infera_auth::jwt::Jwt>>> {
+    use infera_auth::jwt::{Jwt, JwtKeys, JwtOptions};
+    let keys = match (&args.jwt_jwks, &args.jwt_secret_file) {
+        (Some(s), _) if s.starts_with("http://") || s.starts_with("https://") => {
+            JwtKeys::JwksUrl(s.clone())
+        }
+        (Some(s), _) => JwtKeys::JwksFile(PathBuf::from(s)),
+        (None, Some(f)) => JwtKeys::Secret(f.clone()),
+        (None, None) => return Ok(None),
+    };
+    let jwt = Jwt::new(JwtOptions {
+        keys,
+        issuer: args.jwt_issuer.clone(),
+        audience: args.jwt_audience.clone(),
+        roles_claim: args.jwt_roles_claim.clone(),
+        models_claim: args.jwt_models_claim.clone(),
+        leeway_secs: args.jwt_leeway_secs,
+        refresh: Duration::from_secs(args.jwt_refresh_secs.max(1)),
+    })
+    .await?;
+    if args.jwt_audience.is_none() {
+        warn!(
+            "JWTs are accepted for any audience: give --jwt-audience to accept only tokens meant for infera"
+        );
+    }
+    tokio::spawn(jwt.clone().watch());
+    Ok(Some(jwt))
+}
+
+/// Who may call: API keys (`--auth-keys`) and/or JWTs (`--jwt-*`); else an open server,
+/// which only loopback addresses get without `--insecure-no-auth`.
+async fn auth(args: &ServeArgs) -> anyhow::Result<Arc<infera_auth::Auth>> {
     let audit = args
         .audit_log
         .as_deref()
         .map(infera_auth::Audit::open)
         .transpose()?;
-    let auth = match &args.auth_keys {
-        Some(file) => {
-            let a = infera_auth::Auth::with_keys(file, args.data_dir.as_deref(), audit)?;
-            info!(file = %file.display(), "API keys required");
+    let jwt = jwt(args).await?;
+    let auth = match (&args.auth_keys, jwt) {
+        (keys, jwt) if keys.is_some() || jwt.is_some() => {
+            let a = infera_auth::Auth::new(infera_auth::AuthOptions {
+                keys_file: keys.clone(),
+                jwt,
+                quota_dir: args.data_dir.clone(),
+                audit,
+                public: Some(args.public_endpoints),
+            })?;
+            if let Some(file) = keys {
+                info!(file = %file.display(), "API keys accepted");
+            }
+            info!("callers must authenticate");
             tokio::spawn(a.clone().watch(Duration::from_secs(2)));
             a
         }
-        None => {
+        _ => {
             if !is_loopback(&args.host) {
                 anyhow::ensure!(
                     args.insecure_no_auth,
                     "--host {} accepts connections from other machines, and no authentication is set up: \
-                     give --auth-keys FILE (make one with `infera keys create`), or --insecure-no-auth to serve openly anyway",
+                     give --auth-keys FILE (make one with `infera keys create`) or --jwt-jwks, or --insecure-no-auth to serve openly anyway",
                     args.host
                 );
                 warn!(host = %args.host, "serving WITHOUT authentication on a non-loopback address (--insecure-no-auth)");
@@ -407,6 +522,7 @@ async fn serve(
     args: ServeArgs,
     server: Arc<InferenceServer>,
     metrics: Metrics,
+    keyring: Option<Arc<infera_seal::Keyring>>,
     started: Instant,
 ) -> anyhow::Result<()> {
     let addr = |port: u16| -> anyhow::Result<SocketAddr> {
@@ -427,7 +543,14 @@ async fn serve(
         max_streams: args.max_streams.max(1),
     };
     let exit_timeout = Duration::from_secs(args.exit_timeout_secs);
-    let auth = auth(&args)?;
+    let auth = auth(&args).await?;
+    if auth.required()
+        && let Err(e) = metrics.register(Box::new(infera_auth::metrics::UsageCollector::new(
+            auth.clone(),
+        )))
+    {
+        warn!(error = %e, "per-key usage metrics are not available");
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let t = Arc::new(tls::Tls::new(tls::TlsOptions {
@@ -460,6 +583,7 @@ async fn serve(
                     max_disk_bytes: args.jobs_max_disk_bytes,
                     retention: (!args.job_retention.is_zero()).then_some(args.job_retention),
                 },
+                seal: keyring,
             };
             let m = infera_jobs::JobManager::start(server.clone(), cfg)?;
             info!(data_dir = %dir.display(), roots = ?args.batch_input_roots, urls = ?args.batch_allow_urls, "batch jobs on");
@@ -487,8 +611,17 @@ async fn serve(
                 args.default_model.clone(),
                 args.max_body_size,
             ))
-            .merge(infera_app::jobs::router(jobs.clone()));
-        let app = infera_http::auth::protect(app, auth.clone(), &args.default_model);
+            .merge(infera_app::jobs::router(jobs.clone()))
+            // Prometheus scrapers pointed at the app port (FastAPI and TorchServe habits).
+            .merge(infera_http::metrics_router(metrics.clone()));
+        let app = infera_http::auth::protect_with(
+            app,
+            auth.clone(),
+            &args.default_model,
+            infera_auth::Restrictions::parse(&args.http_restricted_api)
+                .map_err(|e| anyhow::anyhow!("--http-restricted-api {e}"))?,
+        );
+        let app = infera_http::observe::observe(app, args.access_log);
         tasks.spawn(listen::serve_http(
             listener,
             app,
@@ -504,12 +637,17 @@ async fn serve(
         let a = addr(args.grpc_port)?;
         let listener = bind(a, "gRPC", "--grpc-port").await?;
         let svc = infera_grpc::service(server.clone(), args.max_body_size);
-        let grpc_auth = auth.clone();
+        let grpc_auth = infera_grpc::auth::AuthLayer::new(auth.clone()).restricted(
+            infera_auth::Restrictions::parse(&args.grpc_restricted_protocol)
+                .map_err(|e| anyhow::anyhow!("--grpc-restricted-protocol {e}"))?,
+        );
         let grpc_tls = tls.as_ref().map(|t| t.grpc.clone());
+        let access_log = args.access_log;
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {
             let served = tonic::transport::Server::builder()
-                .layer(infera_grpc::auth::AuthLayer::new(grpc_auth))
+                .layer(infera_grpc::observe::ObserveLayer::new(access_log))
+                .layer(grpc_auth)
                 .max_concurrent_streams(Some(limits.max_streams))
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -539,6 +677,7 @@ async fn serve(
             auth.clone(),
             &args.default_model,
         );
+        let app = infera_http::observe::observe(app, args.access_log);
         tasks.spawn(listen::serve_http(
             listener,
             app,
