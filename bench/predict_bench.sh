@@ -4,14 +4,8 @@
 #   BENCH_SECONDS=10 (per level)   BENCH_WORKERS=2 (uvicorn worker processes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v hey >/dev/null; then
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get install -y -qq hey >/dev/null
-fi
-source scripts/python-env.sh bench
-cargo build --release --bin infera -p infera 2>&1 | tail -1
-target=${CARGO_TARGET_DIR:-target}
-case $target in /*) ;; *) target=$PWD/$target ;; esac
-export INFERA_BIN="$target/release/infera"
+source bench/common.sh
+bench_hey
+bench_env bench
+bench_build --bin infera -p infera
 python bench/predict_bench.py "$@"

@@ -4,11 +4,7 @@
 #   bench/security_bench.sh [--rounds N] [--window-ms MS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/python-env.sh test
-cuda_lib=$(python -c 'import nvidia.cuda_runtime as m; print(list(m.__path__)[0] + "/lib")')
-export LD_LIBRARY_PATH="$cuda_lib:${LD_LIBRARY_PATH:-}"
-cargo build --release --bin infera 2>&1 | tail -1
-target=${CARGO_TARGET_DIR:-target}
-case $target in /*) ;; *) target=$PWD/$target ;; esac
-export INFERA_BIN="$target/release/infera"
+source bench/common.sh
+bench_env test
+bench_build --bin infera
 python bench/security_bench.py "$@"

@@ -5,13 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian packages: libb64 for perf_analyzer, the Fashion-MNIST data set for the accuracy checks,
-# chromium for the web page test, a font for the text in plots.
+# chromium for the web page test, a font for the text in plots, Prometheus (and promtool) for the
+# alert rules and the scrape test.
 if ! ldconfig -p | grep -q libb64.so.0d || [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || ! command -v chromium >/dev/null \
-   || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+   || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || ! command -v promtool >/dev/null; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libb64-0d dataset-fashion-mnist chromium fonts-dejavu-core >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libb64-0d dataset-fashion-mnist chromium fonts-dejavu-core prometheus >/dev/null
 fi
 # MLflow (for the tracking test) lives in its own virtualenv: it pins much of what the test env pins.
 MLFLOW_VENV=${MLFLOW_VENV:-$HOME/.cache/infera/venv-mlflow}

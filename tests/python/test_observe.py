@@ -37,10 +37,11 @@ def test_request_ids_and_the_access_log(tmp_path):
         lines = s.logs().splitlines()
         http_line = next(l for l in lines if "shop-checkout-7" in l)
         assert " access " in http_line and "/v2/models/simple" in http_line and "status=200" in http_line
+        assert 'model="simple"' in http_line
         assert "bytes=" in http_line and 'who="anonymous"' in http_line
         assert any(made in l and " access " in l for l in lines)
         grpc_line = next(l for l in lines if "edge-cam-3" in l)
-        assert "ModelMetadata" in grpc_line and "grpc_status=0" in grpc_line
+        assert "ModelMetadata" in grpc_line and "grpc_status=OK" in grpc_line
     finally:
         s.stop()
 

@@ -161,10 +161,14 @@ impl InferenceServer {
             .map(|row| {
                 let mut probabilities = row.to_vec();
                 softmax_if_needed(&mut probabilities);
-                Prediction {
+                let p = Prediction {
                     probabilities,
                     labels: labels.clone(),
-                }
+                };
+                let (class, confidence) = p.best();
+                self.metrics
+                    .record_prediction(model, class, p.best_label(), confidence);
+                p
             })
             .collect())
     }

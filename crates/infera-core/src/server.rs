@@ -41,6 +41,10 @@ pub struct VersionStats {
 
 impl InferenceServer {
     pub fn new(repository: Arc<ModelRepository>, metrics: Metrics) -> InferenceServer {
+        // Fails only when these metrics already watch a repository (tests share them).
+        let _ = metrics.register(Box::new(crate::metrics::ModelReadyCollector::new(
+            &repository,
+        )));
         InferenceServer {
             repository,
             metrics,

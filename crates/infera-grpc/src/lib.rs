@@ -26,18 +26,34 @@ pub struct GrpcFrontend {
     server: Arc<InferenceServer>,
 }
 
-/// The tonic service, accepting and sending gzip/deflate compressed messages.
+/// The tonic service: accepts gzip/deflate compressed requests, answers uncompressed.
 pub fn service(
     server: Arc<InferenceServer>,
     max_message_bytes: usize,
 ) -> GrpcInferenceServiceServer<GrpcFrontend> {
-    GrpcInferenceServiceServer::new(GrpcFrontend { server })
+    service_with(server, max_message_bytes, false)
+}
+
+/// [`service`], optionally compressing responses for clients that accept gzip or deflate.
+/// Off by default (as Triton's `--grpc-infer-response-compression-level none`): every
+/// gRPC client advertises gzip, and deflating small tensors costs more server CPU than
+/// the bytes it saves on a local network.
+pub fn service_with(
+    server: Arc<InferenceServer>,
+    max_message_bytes: usize,
+    compress_responses: bool,
+) -> GrpcInferenceServiceServer<GrpcFrontend> {
+    let svc = GrpcInferenceServiceServer::new(GrpcFrontend { server })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Deflate)
-        .send_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Deflate)
         .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    if compress_responses {
+        svc.send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Deflate)
+    } else {
+        svc
+    }
 }
 
 pub fn status(e: ServeError) -> Status {
@@ -152,7 +168,10 @@ impl GrpcInferenceService for GrpcFrontend {
         let _admission = auth::admit(r.extensions())?;
         let req = from_proto_request(r.into_inner()).map_err(status)?;
         let resp = self.server.infer(req).await.map_err(status)?;
-        Ok(Response::new(to_proto_response(resp)))
+        let label = infera_core::metrics::ModelLabel(resp.model_name.clone());
+        let mut resp = Response::new(to_proto_response(resp));
+        resp.extensions_mut().insert(label);
+        Ok(resp)
     }
 
     type ModelStreamInferStream = StreamOut;

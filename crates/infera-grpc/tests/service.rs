@@ -16,9 +16,16 @@ use tonic::transport::Channel;
 const MAX_MESSAGE: usize = 4 << 20;
 
 async fn start(server: Arc<InferenceServer>) -> GrpcInferenceServiceClient<Channel> {
+    start_with(server, false).await
+}
+
+async fn start_with(
+    server: Arc<InferenceServer>,
+    compress_responses: bool,
+) -> GrpcInferenceServiceClient<Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = infera_grpc::service(server, MAX_MESSAGE);
+    let svc = infera_grpc::service_with(server, MAX_MESSAGE, compress_responses);
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(svc)
@@ -127,6 +134,23 @@ async fn statuses_map_and_failed_loads_keep_serving() {
         code(c.model_infer(request("pipe", &[1.0; 4])).await),
         Code::NotFound
     );
+}
+
+#[tokio::test]
+async fn responses_are_compressed_only_when_asked() {
+    let repo = repo();
+    for compress in [false, true] {
+        let c = start_with(repo.server(vec![]), compress).await;
+        // Every gRPC client offers gzip; whether the server uses it is the server's choice.
+        let mut c = c.accept_compressed(CompressionEncoding::Gzip);
+        let r = c.model_infer(request("m", &[1.0; 4])).await.unwrap();
+        let encoding = r
+            .metadata()
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap());
+        assert_eq!(encoding, compress.then_some("gzip"), "compress={compress}");
+        assert_eq!(r.into_inner().raw_output_contents.len(), 1);
+    }
 }
 
 #[tokio::test]

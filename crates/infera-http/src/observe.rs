@@ -1,15 +1,19 @@
-//! Request ids and the access log, as a middleware in front of everything on a port: the id
-//! comes from `X-Request-Id` or is made, goes back in the response, and is a field of the
-//! request's tracing span (so log lines made while handling it carry it); with the access
-//! log on, one line per request (method, path, status, latency, bytes, identity).
+//! Request ids, the access log and the API metrics, as a middleware in front of everything
+//! on a port: the id comes from `X-Request-Id` or is made, goes back in the response, and is
+//! a field of the request's tracing span (so log lines made while handling it carry it); with
+//! the access log on, one line per request (method, path, model, status, latency, bytes,
+//! identity); with metrics, `infera_api_*` by route template, model and status.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use infera_auth::Identity;
+use infera_core::InferenceServer;
+use infera_core::metrics::ApiMetrics;
 use infera_core::request_id::request_id;
 use tracing::Instrument;
 
@@ -17,7 +21,17 @@ use tracing::Instrument;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-pub async fn layer(State(access_log): State<bool>, mut req: Request, next: Next) -> Response {
+/// What [`layer`] does besides request ids.
+#[derive(Clone, Default)]
+pub struct Observe {
+    pub access_log: bool,
+    /// Counts requests in `infera_api_*`; the server says which model names are real.
+    pub metrics: Option<(ApiMetrics, Arc<InferenceServer>)>,
+    /// The model `/predict` uses when the request names none.
+    pub default_model: Arc<str>,
+}
+
+pub async fn layer(State(o): State<Observe>, mut req: Request, next: Next) -> Response {
     let id = request_id(
         req.headers()
             .get("x-request-id")
@@ -25,9 +39,37 @@ pub async fn layer(State(access_log): State<bool>, mut req: Request, next: Next)
     );
     let span = tracing::info_span!("request", id = %id);
     let started = Instant::now();
-    let line = access_log.then(|| (req.method().clone(), req.uri().path().to_owned()));
+    let wants_model = o.access_log || o.metrics.is_some();
+    // Only names the repository knows: a label or log field made of whatever a client put
+    // in the path would let it mint unbounded series.
+    let model = wants_model
+        .then(|| {
+            let e = crate::auth::classify(
+                req.method(),
+                req.uri().path(),
+                req.uri().query(),
+                &o.default_model,
+            );
+            e.model
+                .filter(|m| o.metrics.as_ref().is_none_or(|(_, s)| s.model(m).is_ok()))
+        })
+        .flatten()
+        .unwrap_or_default();
+    let in_flight = o.metrics.as_ref().map(|(m, _)| {
+        let endpoint = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", MatchedPath::as_str);
+        m.start("http", endpoint)
+    });
+    let line = o
+        .access_log
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).instrument(span.clone()).await;
+    if let Some(f) = in_flight {
+        f.finish(&model, resp.status().as_str());
+    }
     if let Some((method, path)) = line {
         let who = resp
             .extensions()
@@ -40,6 +82,7 @@ pub async fn layer(State(access_log): State<bool>, mut req: Request, next: Next)
             parent: &span,
             %method,
             path,
+            model,
             status = resp.status().as_u16(),
             ms = started.elapsed().as_secs_f64() * 1e3,
             bytes,
@@ -53,7 +96,18 @@ pub async fn layer(State(access_log): State<bool>, mut req: Request, next: Next)
     resp
 }
 
-/// `router` behind [`layer`].
+/// `router` behind [`layer`], with the access log as asked and no API metrics.
 pub fn observe(router: axum::Router, access_log: bool) -> axum::Router {
-    router.layer(axum::middleware::from_fn_with_state(access_log, layer))
+    observe_with(
+        router,
+        Observe {
+            access_log,
+            ..Observe::default()
+        },
+    )
+}
+
+/// `router` behind [`layer`].
+pub fn observe_with(router: axum::Router, o: Observe) -> axum::Router {
+    router.layer(axum::middleware::from_fn_with_state(o, layer))
 }

@@ -8,6 +8,7 @@
 //! scheduler's background lane, so online requests always go first.
 
 mod download;
+pub mod metrics;
 pub mod policy;
 mod resolve;
 pub mod results;
@@ -140,6 +141,7 @@ pub struct JobManager {
     stopping: AtomicBool,
     /// Becomes true at shutdown: event streams end, the retention sweep stops.
     stop: watch::Sender<bool>,
+    metrics: metrics::JobMetrics,
     /// Held for the manager's life: one server per data directory.
     _lock: File,
 }
@@ -189,6 +191,7 @@ impl JobManager {
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
             stop: watch::channel(false).0,
+            metrics: metrics::JobMetrics::new(),
             _lock: lock,
         });
         tokio::spawn(manager.clone().dispatch());
@@ -385,6 +388,11 @@ impl JobManager {
     }
 
     /// The key the job files are encrypted with, if they are.
+    /// The jobs' metrics, to register with the server's.
+    pub fn collector(self: &Arc<Self>) -> metrics::JobCollector {
+        metrics::JobCollector::new(self)
+    }
+
     pub fn seal(&self) -> Option<&Arc<infera_seal::Keyring>> {
         self.cfg.seal.as_ref()
     }

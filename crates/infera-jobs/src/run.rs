@@ -116,6 +116,10 @@ impl JobManager {
             }
             // Files of earlier versions, which downloaded before running.
             let _ = std::fs::remove_dir_all(self.job_dir(&rec.id).join("downloads"));
+            self.metrics
+                .ended
+                .with_label_values(&[status.as_str()])
+                .inc();
             info!(job = %rec.id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "batch job ended");
         } else {
             info!(job = %rec.id, "batch job interrupted by shutdown; it resumes at the next start");
@@ -181,7 +185,17 @@ impl JobManager {
             seal: self.cfg.seal.clone(),
         };
         let id = rec.id.clone();
+        let last = parking_lot::Mutex::new((rec.progress.succeeded, rec.progress.failed));
         let on_progress = |p: &Progress| {
+            let mut last = last.lock();
+            let m = &self.metrics;
+            m.images
+                .with_label_values(&["succeeded"])
+                .inc_by(p.succeeded.saturating_sub(last.0) as u64);
+            m.images
+                .with_label_values(&["failed"])
+                .inc_by(p.failed.saturating_sub(last.1) as u64);
+            *last = (p.succeeded, p.failed);
             if let Err(e) = self.store.lock().set_progress(&id, p) {
                 warn!(job = %id, error = %e, "cannot record progress");
             }

@@ -333,19 +333,16 @@ async fn download(m: &JobManager, j: &JobRecord, what: &str) -> Response {
             );
         }
     };
+    let headers = [
+        (header::CONTENT_TYPE, content_type.to_string()),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}\""),
+        ),
+    ];
     if let Some(k) = m.seal().cloned() {
         return match sealed_download(k, path).await {
-            Ok(body) => (
-                [
-                    (header::CONTENT_TYPE, content_type.to_string()),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        format!("attachment; filename=\"{name}\""),
-                    ),
-                ],
-                body,
-            )
-                .into_response(),
+            Ok(body) => (headers, body).into_response(),
             Err((status, msg)) => json_error(status, &msg),
         };
     }
@@ -365,13 +362,7 @@ async fn download(m: &JobManager, j: &JobRecord, what: &str) -> Response {
         }
     };
     (
-        [
-            (header::CONTENT_TYPE, content_type.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{name}\""),
-            ),
-        ],
+        headers,
         Body::from_stream(tokio_util::io::ReaderStream::new(file)),
     )
         .into_response()

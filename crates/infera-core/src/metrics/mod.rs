@@ -1,11 +1,17 @@
 //! Prometheus metrics. Names follow Triton's (`nv_inference_*`) so existing Grafana
 //! dashboards and alerts keep working; histograms add what Triton's counters cannot show.
 
+mod api;
+mod ready;
+
 use std::time::Duration;
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+pub use api::{ApiMetrics, InFlight, ModelLabel};
+pub use ready::ModelReadyCollector;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -22,6 +28,13 @@ pub struct Metrics {
     pub compute_seconds: HistogramVec,
     pub request_seconds: HistogramVec,
     pub batch_size: HistogramVec,
+    /// Photos classified (`/predict`, TorchServe, batch prediction, jobs), by top-1 class.
+    pub predictions: IntCounterVec,
+    /// The top-1 probability of each classified photo: a falling mean is a drift signal.
+    pub confidence: HistogramVec,
+    pub api: ApiMetrics,
+    /// Seconds from the process start to serving on every port (the cold-start objective).
+    pub startup_seconds: Gauge,
 }
 
 const LABELS: &[&str] = &["model", "version"];
@@ -29,7 +42,7 @@ const LABELS: &[&str] = &["model", "version"];
 fn latency_buckets() -> Vec<f64> {
     vec![
         0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-        0.5, 1.0, 2.5,
+        0.3, 0.5, 1.0, 2.5,
     ]
 }
 
@@ -118,8 +131,66 @@ impl Metrics {
                 "Items per model execution",
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
             ),
+            predictions: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "infera_predictions_total",
+                        "Classified photos by top-1 class",
+                    ),
+                    &["model", "class"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            confidence: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "infera_prediction_confidence",
+                        "Top-1 probability of each classified photo",
+                    )
+                    .buckets(vec![
+                        0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0,
+                    ]),
+                    &["model"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("unique metric");
+                h
+            },
+            api: ApiMetrics::new(&registry),
+            startup_seconds: {
+                let g = Gauge::new(
+                    "infera_startup_duration_seconds",
+                    "Seconds from the process start until every model was loaded and every port served",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             registry,
         }
+    }
+
+    /// Counts one classified photo under its top-1 class. Classes past the first
+    /// [`MAX_CLASS_SERIES`] share one series, so a model with a huge label file cannot
+    /// flood the scrape.
+    pub fn record_prediction(&self, model: &str, class: usize, label: &str, confidence: f32) {
+        let label = if class < MAX_CLASS_SERIES {
+            label
+        } else {
+            "other"
+        };
+        self.predictions.with_label_values(&[model, label]).inc();
+        self.confidence
+            .with_label_values(&[model])
+            .observe(f64::from(confidence));
     }
 
     /// Adds a collector read at every scrape (e.g. per-identity usage).
@@ -137,6 +208,10 @@ impl Metrics {
     pub fn for_version(&self, model: &str, version: i64) -> VersionMetrics {
         let v = version.to_string();
         let l = [model, v.as_str()];
+        // Every reason from the load on (as Triton does), so ratios have data before a failure.
+        for reason in ["REJECTED", "CANCELED", "OTHER"] {
+            self.failure.with_label_values(&[model, v.as_str(), reason]);
+        }
         VersionMetrics {
             metrics: self.clone(),
             model: model.to_string(),
@@ -195,3 +270,6 @@ impl VersionMetrics {
         self.request_seconds.observe(total.as_secs_f64());
     }
 }
+
+/// Classes of one model with their own `infera_predictions_total` series.
+pub const MAX_CLASS_SERIES: usize = 256;
