@@ -13,6 +13,7 @@ pub mod request_id;
 pub mod scheduler;
 pub mod server;
 pub mod stats;
+pub mod telemetry;
 pub mod tensor;
 
 pub use datatype::DataType;

@@ -16,6 +16,7 @@ use crate::request::{InferRequest, InferResponse, ModelMetadata, OutputTensor};
 use crate::scheduler::{BACKGROUND, Job, JobOutput};
 use crate::stats::StatsSnapshot;
 use crate::tensor::{Tensor, element_count};
+use tracing::Instrument;
 
 /// Extensions that are really implemented; `/v2` advertises exactly these.
 pub const EXTENSIONS: &[&str] = &[
@@ -278,7 +279,8 @@ impl InferenceServer {
                 priority: job.priority,
                 timeout: job.timeout,
             };
-            let response = Box::pin(self.infer_at(request, depth + 1))
+            let step_span = tracing::debug_span!("step", model = %step.model_name);
+            let response = Box::pin(self.infer_at(request, depth + 1).instrument(step_span))
                 .await
                 .map_err(|e| {
                     let message = format!(

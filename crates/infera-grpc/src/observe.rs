@@ -15,6 +15,7 @@ use tracing::Instrument;
 pub struct ObserveLayer {
     access_log: bool,
     metrics: Option<ApiMetrics>,
+    traces: bool,
 }
 
 impl ObserveLayer {
@@ -22,7 +23,14 @@ impl ObserveLayer {
         ObserveLayer {
             access_log,
             metrics: None,
+            traces: false,
         }
+    }
+
+    /// Traces are exported: responses carry the server span's `traceparent` metadata.
+    pub fn with_traces(mut self, on: bool) -> ObserveLayer {
+        self.traces = on;
+        self
     }
 
     /// Counts calls in `infera_api_*`.
@@ -93,6 +101,7 @@ impl<S> tower::Layer<S> for ObserveLayer {
             inner,
             access_log: self.access_log,
             metrics: self.metrics.clone(),
+            traces: self.traces,
         }
     }
 }
@@ -102,6 +111,7 @@ pub struct Observe<S> {
     inner: S,
     access_log: bool,
     metrics: Option<ApiMetrics>,
+    traces: bool,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Observe<S>
@@ -126,6 +136,14 @@ where
                 .and_then(|v| v.to_str().ok()),
         );
         let span = tracing::info_span!("request", id = %id);
+        if let Some(tp) = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+        {
+            infera_core::telemetry::continue_trace(&span, tp);
+        }
+        let traces = self.traces;
         let rpc = req.uri().path().rsplit('/').next().unwrap_or("");
         let rpc = RPCS
             .iter()
@@ -168,6 +186,12 @@ where
             }
             if let Ok(v) = http::HeaderValue::from_str(&id) {
                 resp.headers_mut().insert("x-request-id", v);
+            }
+            if traces
+                && let Some(v) = infera_core::telemetry::traceparent(&span)
+                    .and_then(|tp| http::HeaderValue::from_str(&tp).ok())
+            {
+                resp.headers_mut().insert("traceparent", v);
             }
             Ok(resp)
         })

@@ -29,6 +29,8 @@ pub struct Observe {
     pub metrics: Option<(ApiMetrics, Arc<InferenceServer>)>,
     /// The model `/predict` uses when the request names none.
     pub default_model: Arc<str>,
+    /// Traces are exported: responses carry the server span's `traceparent`.
+    pub traces: bool,
 }
 
 pub async fn layer(State(o): State<Observe>, mut req: Request, next: Next) -> Response {
@@ -38,6 +40,13 @@ pub async fn layer(State(o): State<Observe>, mut req: Request, next: Next) -> Re
             .and_then(|v| v.to_str().ok()),
     );
     let span = tracing::info_span!("request", id = %id);
+    if let Some(tp) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        infera_core::telemetry::continue_trace(&span, tp);
+    }
     let started = Instant::now();
     let wants_model = o.access_log || o.metrics.is_some();
     // Only names the repository knows: a label or log field made of whatever a client put
@@ -92,6 +101,12 @@ pub async fn layer(State(o): State<Observe>, mut req: Request, next: Next) -> Re
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    if o.traces
+        && let Some(v) = infera_core::telemetry::traceparent(&span)
+            .and_then(|tp| HeaderValue::from_str(&tp).ok())
+    {
+        resp.headers_mut().insert("traceparent", v);
     }
     resp
 }

@@ -56,6 +56,7 @@ async fn requests_are_counted_by_route_template_known_model_and_status() {
             access_log: false,
             metrics: Some((metrics.api.clone(), server)),
             default_model: "m".into(),
+            traces: false,
         },
     );
     for path in [

@@ -31,6 +31,9 @@ struct Cli {
 enum Command {
     /// Serve a model repository over HTTP (8000), gRPC (8001) and Prometheus metrics (8002).
     Serve(Box<serve::ServeArgs>),
+    /// Check what `serve` needs with the same flags (ONNX Runtime, the model repository, free
+    /// ports, TLS files, keys, the data directory) and say what to fix.
+    Doctor(Box<serve::ServeArgs>),
     /// Classify a folder of images in-process into a CSV/JSONL file; crash-safe, resumable.
     Predict(predict::PredictArgs),
     /// Accuracy, per-class precision/recall/F1 and the confusion matrix of a model on Fashion-MNIST.
@@ -67,6 +70,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
+        Command::Doctor(args) => serve::doctor::run(*args),
         Command::Predict(args) => predict::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Train(f) => trainer::run("train", f.args),

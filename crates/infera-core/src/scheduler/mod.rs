@@ -97,6 +97,10 @@ struct Pending {
     enqueued: Instant,
     deadline: Option<Instant>,
     tx: oneshot::Sender<JobResult>,
+    /// Open while the request waits: a trace's "queue" span (disabled unless traces are on).
+    queue_span: tracing::Span,
+    /// The span that asked (the request or an ensemble step): the "backend" span's parent.
+    parent: tracing::Span,
 }
 
 struct Queues {
@@ -214,12 +218,20 @@ impl Scheduler {
         if job_is_online(&job) {
             q.last_online = Some(now);
         }
+        let queue_span = tracing::debug_span!("queue", model = %s.model);
+        let parent = if queue_span.is_disabled() {
+            tracing::Span::none()
+        } else {
+            tracing::Span::current()
+        };
         q.levels[level].push_back(Pending {
             job,
             enqueued: now,
             // A timeout too large to represent is no timeout.
             deadline: timeout.and_then(|t| now.checked_add(t)),
             tx,
+            queue_span,
+            parent,
         });
         q.len += 1;
         s.metrics.pending.inc();
@@ -440,7 +452,7 @@ fn take(q: &mut Queues, mut chosen: Vec<((bool, usize), usize)>) -> Vec<Pending>
 
 fn worker(s: Arc<Shared>, mut session: Box<dyn Session>) {
     loop {
-        let batch = {
+        let mut batch = {
             let mut q = s.queues.lock();
             loop {
                 let now = Instant::now();
@@ -462,6 +474,10 @@ fn worker(s: Arc<Shared>, mut session: Box<dyn Session>) {
             }
         };
         s.metrics.pending.sub(batch.len() as i64);
+        for p in &mut batch {
+            // The wait is over: closes the "queue" span.
+            p.queue_span = tracing::Span::none();
+        }
         if batch.is_empty() {
             continue;
         }
@@ -499,6 +515,14 @@ fn execute(s: &Shared, session: &mut dyn Session, batch: Vec<Pending>) {
 
 fn run_guarded(s: &Shared, session: &mut dyn Session, batch: &[Pending]) -> ServeResult<BatchRun> {
     let sizes: Vec<usize> = batch.iter().map(|p| p.job.batch).collect();
+    // One run serves several requests: it is the first one's child and follows the others.
+    let span = batch.first().map_or_else(tracing::Span::none, |first| {
+        tracing::debug_span!(parent: &first.parent, "backend", model = %s.model, batch = sizes.iter().sum::<usize>())
+    });
+    for p in batch.iter().skip(1) {
+        span.follows_from(&p.parent);
+    }
+    let _entered = span.enter();
     std::panic::catch_unwind(AssertUnwindSafe(|| {
         run_batch(session, batch, &sizes, s.policy.max_batch_size > 0)
     }))

@@ -268,6 +268,13 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERA_ACCESS_LOG")]
     pub(super) access_log: bool,
 
+    /// Export traces over OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318 (an
+    /// OpenTelemetry Collector, Jaeger, Tempo): a span per request, its queue wait, each
+    /// ensemble step and each model run. A client's W3C `traceparent` is continued, and
+    /// responses carry the server's.
+    #[arg(long, env = "INFERA_OTLP_ENDPOINT", value_name = "URL")]
+    pub(super) otlp_endpoint: Option<String>,
+
     /// Log format: "text" for people, "json" for log pipelines. Levels come from RUST_LOG.
     #[arg(long, env = "INFERA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub(super) log_format: String,

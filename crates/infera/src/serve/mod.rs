@@ -3,7 +3,9 @@
 //! before exiting.
 
 mod args;
+pub mod doctor;
 mod listen;
+mod telemetry;
 mod tls;
 
 use std::net::SocketAddr;
@@ -20,21 +22,6 @@ use tracing::{info, warn};
 
 pub use args::ServeArgs;
 use listen::ConnLimits;
-
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal());
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 /// The runtimes: ONNX Runtime when found, the native image and postprocessing kinds, and
 /// tract when built in.
@@ -107,7 +94,7 @@ pub(crate) fn init_logging_quiet() {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    init_logging(&args.log_format);
+    let telemetry = telemetry::init(&args.log_format, args.otlp_endpoint.as_deref())?;
     let repo_dir = repository_dir(args.model_repository.as_deref())?;
     let metrics = Metrics::new();
     let keyring = args
@@ -141,6 +128,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Tasks a hung client still holds (or a model load in progress) must not keep the
     // process alive past the exit deadline.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(telemetry);
     result
 }
 
@@ -361,6 +349,7 @@ async fn serve(
                 access_log: args.access_log,
                 metrics: Some((metrics.api.clone(), server.clone())),
                 default_model: args.default_model.as_str().into(),
+                traces: args.otlp_endpoint.is_some(),
             },
         );
         tasks.spawn(listen::serve_http(
@@ -389,11 +378,14 @@ async fn serve(
         let grpc_tls = tls.as_ref().map(|t| t.grpc.clone());
         let access_log = args.access_log;
         let grpc_metrics = metrics.api.clone();
+        let traces = args.otlp_endpoint.is_some();
         let mut stop = stop_tx.subscribe();
         tasks.spawn(async move {
             let served = tonic::transport::Server::builder()
                 .layer(
-                    infera_grpc::observe::ObserveLayer::new(access_log).with_metrics(grpc_metrics),
+                    infera_grpc::observe::ObserveLayer::new(access_log)
+                        .with_metrics(grpc_metrics)
+                        .with_traces(traces),
                 )
                 .layer(grpc_auth)
                 .max_concurrent_streams(Some(limits.max_streams))
