@@ -52,6 +52,9 @@ def main():
     ap.add_argument("--window-ms", type=int, default=3000)
     ap.add_argument("--concurrency", default="1,16", help="comma list, e.g. 16")
     ap.add_argument("--protocols", default="grpc,http")
+    ap.add_argument("--baseline-flags", default="",
+                    help="also run a plain server with these serve flags, e.g. "
+                         "'--grpc-infer-response-compression-level high' (the old default), as a reference")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     protocols = args.protocols.split(",")
@@ -65,6 +68,7 @@ def main():
         secure = Server(copy_repo(d, "secure"), "--auth-keys", str(keys), "--tls-cert", str(d / "server.pem"),
                         "--tls-key", str(d / "server.key"), ca=d / "ca.pem")
         keyed = Server(copy_repo(d, "keyed"), "--auth-keys", str(keys))
+        base = Server(copy_repo(d, "base"), *args.baseline_flags.split()) if args.baseline_flags else None
         header = ["-H", f"authorization:Bearer {key}"]
         setups = {
             ("grpc", "plain"): (plain.grpc, []),
@@ -77,12 +81,16 @@ def main():
                                                               "--ssl-https-verify-peer", "1",
                                                               "--ssl-https-verify-host", "0", *header]),
         }
+        if base:
+            setups[("grpc", "baseline")] = (base.grpc, [])
+            setups[("http", "baseline")] = (base.http, [])
+        kinds = [("plain", plain), ("auth", keyed), ("auth+TLS", secure)] + ([("baseline", base)] if base else [])
         results = {}
         try:
             for r in range(args.rounds):
                 for proto in protocols:
                     for c in levels:
-                        for kind, server in (("plain", plain), ("auth", keyed), ("auth+TLS", secure)):
+                        for kind, server in kinds:
                             url, extra = setups[(proto, kind)]
                             results.setdefault((proto, c, kind), []).append(
                                 perf(url, proto, c, args.window_ms, extra, server.proc.pid))
@@ -91,6 +99,8 @@ def main():
             plain.stop()
             secure.stop()
             keyed.stop()
+            if base:
+                base.stop()
     print("| protocol | concurrency | plain infer/s | auth infer/s (ratio) | auth+TLS infer/s (ratio) | auth+TLS / plain per round (median, min–max) | p50 µs plain / auth / auth+TLS | server CPU µs per request plain / auth / auth+TLS | perf_analyzer CPU µs per request plain / auth / auth+TLS |")
     print("|---|---|---|---|---|---|---|---|---|")
     med = lambda rs, i: statistics.median(x[i] for x in rs)  # noqa: E731
@@ -105,6 +115,16 @@ def main():
                   f"| {statistics.median(paired):.2f} ({min(paired):.2f}–{max(paired):.2f}) "
                   f"| {med(p, 1):.0f} / {med(a, 1):.0f} / {med(s, 1):.0f} | {med(p, 2):.0f} / {med(a, 2):.0f} / {med(s, 2):.0f} "
                   f"| {med(p, 3):.0f} / {med(a, 3):.0f} / {med(s, 3):.0f} |")
+    if base:
+        print(f"\nBaseline (plain with {args.baseline_flags}):\n")
+        print("| protocol | concurrency | baseline infer/s | plain / baseline per round (median, min–max) | server CPU µs per request baseline / plain |")
+        print("|---|---|---|---|---|")
+        for proto in protocols:
+            for c in levels:
+                p, b = results[(proto, c, "plain")], results[(proto, c, "baseline")]
+                paired = [x[0] / y[0] for x, y in zip(p, b)]
+                print(f"| {proto} | {c} | {med(b, 0):,.0f} | {statistics.median(paired):.2f} ({min(paired):.2f}–{max(paired):.2f}) "
+                      f"| {med(b, 2):.0f} / {med(p, 2):.0f} |")
 
 
 if __name__ == "__main__":
