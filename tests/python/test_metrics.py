@@ -59,8 +59,11 @@ def world(tmp_path_factory):
     photos.mkdir()
     for i in range(4):
         (photos / f"{i}.png").write_bytes(png_gray(np.full((28, 28), 40 * i, dtype=np.uint8)))
-    s = Server(copy_repo(base), "--auth-keys", str(keys), "--data-dir", str(base / "data"),
-               "--batch-input-root", str(base))
+    repo = copy_repo(base)
+    cfg = repo / "simple" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + "\nresponse_cache { enable: true }\n")
+    s = Server(repo, "--auth-keys", str(keys), "--data-dir", str(base / "data"),
+               "--batch-input-root", str(base), "--cache-config", "local,size=65536")
     yield {"server": s, "key": key, "photos": photos}
     s.stop()
 
@@ -127,6 +130,10 @@ def test_the_docs_list_exactly_the_exported_metrics(world):
     bad = {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]},
                       {"name": "INPUT1", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]}]}
     assert request(s, "POST", "/v2/models/simple/infer", key, json.dumps(bad).encode())[0] == 400
+    # A cached model answering twice, so the cache counters have series.
+    c = grpcclient.InferenceServerClient(s.grpc)
+    for _ in range(2):
+        c.infer("simple", simple_inputs(grpcclient), headers=bearer(key))
     exported = exported_metrics(scrape(s, key))
     documented = documented_metrics()
     assert exported == documented, (

@@ -2,6 +2,7 @@
 //! scheduler and the backend trait. It knows no wire protocol; front-ends translate to it.
 
 pub mod backend;
+pub mod cache;
 pub mod classify;
 pub mod config;
 pub mod datatype;

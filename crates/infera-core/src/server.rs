@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::cache::ResponseCache;
 use crate::config::limits::MAX_ENSEMBLE_DEPTH;
 use crate::datatype::DataType;
 use crate::error::{ErrorKind, ServeError, ServeResult};
@@ -32,6 +33,8 @@ pub struct InferenceServer {
     pub repository: Arc<ModelRepository>,
     pub metrics: Metrics,
     shutting_down: AtomicBool,
+    /// `--cache-config`: answers of models with `response_cache { enable: true }`.
+    cache: Option<Arc<ResponseCache>>,
 }
 
 pub struct VersionStats {
@@ -50,7 +53,18 @@ impl InferenceServer {
             repository,
             metrics,
             shutting_down: AtomicBool::new(false),
+            cache: None,
         }
+    }
+
+    /// Turns Triton's response cache on for the models whose config enables it.
+    pub fn with_response_cache(mut self, cache: Arc<ResponseCache>) -> InferenceServer {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn response_cache(&self) -> Option<&Arc<ResponseCache>> {
+        self.cache.as_ref()
     }
 
     pub fn name(&self) -> &'static str {
@@ -163,7 +177,37 @@ impl InferenceServer {
         let start = Instant::now();
         let model = self.repository.get(&req.model)?;
         let version = model.version(req.version)?.clone();
+        let cache = self
+            .cache
+            .as_ref()
+            .filter(|_| model.config.response_cache.is_some_and(|c| c.enable))
+            .map(|c| (c, crate::cache::key(&model.name, version.version, &req)));
+        if let Some((c, key)) = &cache
+            && let Some(outputs) = c.get(key)
+        {
+            let lookup = start.elapsed();
+            version.stats.record_cache_hit(lookup);
+            version.stats.record_request(true, lookup);
+            version.metrics.record_cache(true, lookup);
+            version.metrics.record_request(Ok(()), lookup);
+            return Ok(InferResponse {
+                model_name: model.name.clone(),
+                model_version: version.version.to_string(),
+                id: req.id,
+                outputs: outputs.as_ref().clone(),
+            });
+        }
+        let lookup = start.elapsed();
         let result = self.run(&model, &version, req, depth).await;
+        if let Some((c, key)) = cache
+            && let Ok(r) = &result
+        {
+            let stored = Instant::now();
+            c.insert(key, r.outputs.clone());
+            let cache_time = lookup + stored.elapsed();
+            version.stats.record_cache_miss(cache_time);
+            version.metrics.record_cache(false, cache_time);
+        }
         let total = start.elapsed();
         version.stats.record_request(result.is_ok(), total);
         version.metrics.record_request(

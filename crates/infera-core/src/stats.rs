@@ -92,6 +92,16 @@ impl ModelStats {
     }
 
     /// A request's end: its whole duration from arrival to response.
+    /// A request answered from the response cache, and the time the lookup took.
+    pub fn record_cache_hit(&self, lookup: Duration) {
+        self.inner.lock().inference.cache_hit.add(lookup);
+    }
+
+    /// A cacheable request that ran, and the time spent looking it up and storing its answer.
+    pub fn record_cache_miss(&self, cache_time: Duration) {
+        self.inner.lock().inference.cache_miss.add(cache_time);
+    }
+
     pub fn record_request(&self, ok: bool, total: Duration) {
         let mut s = self.inner.lock();
         if ok {

@@ -33,6 +33,11 @@ pub struct Metrics {
     /// The top-1 probability of each classified photo: a falling mean is a drift signal.
     pub confidence: HistogramVec,
     pub api: ApiMetrics,
+    /// Triton's response cache counters (`--cache-config`).
+    pub cache_hits: IntCounterVec,
+    pub cache_misses: IntCounterVec,
+    pub cache_hit_us: IntCounterVec,
+    pub cache_miss_us: IntCounterVec,
     /// Seconds from the process start to serving on every port (the cold-start objective).
     pub startup_seconds: Gauge,
 }
@@ -163,6 +168,26 @@ impl Metrics {
                 h
             },
             api: ApiMetrics::new(&registry),
+            cache_hits: counter(
+                "nv_cache_num_hits_per_model",
+                "Requests answered from the response cache",
+                &[],
+            ),
+            cache_misses: counter(
+                "nv_cache_num_misses_per_model",
+                "Cacheable requests not in the response cache",
+                &[],
+            ),
+            cache_hit_us: counter(
+                "nv_cache_hit_duration_per_model",
+                "Cumulative time of cache lookups that hit, in microseconds",
+                &[],
+            ),
+            cache_miss_us: counter(
+                "nv_cache_miss_duration_per_model",
+                "Cumulative time of cache lookups that missed and of storing their answers, in microseconds",
+                &[],
+            ),
             startup_seconds: {
                 let g = Gauge::new(
                     "infera_startup_duration_seconds",
@@ -257,6 +282,19 @@ pub struct VersionMetrics {
 }
 
 impl VersionMetrics {
+    /// A response cache lookup: a hit, or a miss whose answer was then stored.
+    pub fn record_cache(&self, hit: bool, took: Duration) {
+        let m = &self.metrics;
+        let l = [self.model.as_str(), self.version.as_str()];
+        let (count, us) = if hit {
+            (&m.cache_hits, &m.cache_hit_us)
+        } else {
+            (&m.cache_misses, &m.cache_miss_us)
+        };
+        count.with_label_values(&l).inc();
+        us.with_label_values(&l).inc_by(took.as_micros() as u64);
+    }
+
     pub fn record_request(&self, result: Result<(), &str>, total: Duration) {
         match result {
             Ok(()) => self.success.inc(),

@@ -268,6 +268,12 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERA_ACCESS_LOG")]
     pub(super) access_log: bool,
 
+    /// Triton's response cache: `local,size=BYTES` keeps up to BYTES of answers in memory for
+    /// models with `response_cache { enable: true }` in their config.pbtxt; a repeated request
+    /// (same model, version, inputs and outputs asked) is answered without running the model.
+    #[arg(long, env = "INFERA_CACHE_CONFIG", value_name = "local,size=BYTES")]
+    pub(super) cache_config: Option<String>,
+
     /// Export traces over OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318 (an
     /// OpenTelemetry Collector, Jaeger, Tempo): a span per request, its queue wait, each
     /// ensemble step and each model run. A client's W3C `traceparent` is continued, and

@@ -118,7 +118,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     repository
         .load_all()
         .with_context(|| format!("cannot read model repository {}", repo_dir.display()))?;
-    let server = Arc::new(InferenceServer::new(repository, metrics.clone()));
+    let mut server = InferenceServer::new(repository, metrics.clone());
+    if let Some(spec) = &args.cache_config {
+        let cache = infera_core::cache::ResponseCache::from_config(spec)
+            .map_err(|e| anyhow::anyhow!("--cache-config {e}"))?;
+        info!(
+            bytes = cache.capacity(),
+            "response cache on for models with response_cache enabled"
+        );
+        server = server.with_response_cache(Arc::new(cache));
+    }
+    let server = Arc::new(server);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.io_threads.max(1))
