@@ -4,6 +4,7 @@ mod embedded;
 mod encrypt;
 mod evaluate;
 mod keys;
+mod models;
 mod optimize;
 mod predict;
 mod serve;
@@ -51,6 +52,8 @@ enum Command {
     Optimize(optimize::OptimizeArgs),
     /// Compare models: size, parameters, FLOPs per layer, latency, throughput, accuracy.
     Report(optimize::ReportArgs),
+    /// The models of a running server: list, load, unload, reload (over its HTTP API).
+    Models(models::ModelsArgs),
     /// API keys for `infera serve --auth-keys`: create (printed once), list, revoke.
     Keys(keys::KeysArgs),
     /// Encrypt a file at rest (AES-256-GCM), e.g. a model as model.onnx.enc.
@@ -79,6 +82,7 @@ fn main() -> std::process::ExitCode {
         Command::Optimize(args) => optimize::run(args),
         Command::Report(args) => optimize::report_cmd(args),
         Command::Keys(args) => keys::run(args),
+        Command::Models(args) => models::run(args),
         Command::Encrypt(args) => encrypt::run(args, true),
         Command::Decrypt(args) => encrypt::run(args, false),
     };
