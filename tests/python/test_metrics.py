@@ -139,3 +139,24 @@ def test_the_docs_list_exactly_the_exported_metrics(world):
     assert exported == documented, (
         f"exported but not documented: {sorted(exported - documented)}; "
         f"documented but not exported: {sorted(documented - exported)}")
+
+
+def test_made_up_paths_models_and_methods_do_not_grow_the_series(world):
+    s, key = world["server"], world["key"]
+    before = len(samples(scrape(s, key), "infera_api_requests_total"))
+    import grpc
+    channel = grpc.insecure_channel(s.grpc)
+    for i in range(150):
+        request(s, "GET", f"/v2/models/ghost{i}/versions/{i}/ready", key)
+        request(s, "POST", f"/predictions/ghost{i}", key, b"x")
+        request(s, "GET", f"/nothing/{i}", key)
+        request(s, "POST", f"/predict?model=ghost{i}", key, b"x")
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/Ghost{i}")
+        try:
+            call(b"", metadata=list(bearer(key).items()), timeout=5)
+        except grpc.RpcError:
+            pass
+    m = scrape(s, key)
+    assert "ghost" not in m.lower()
+    # A handful of new series (route templates by status), not hundreds.
+    assert len(samples(m, "infera_api_requests_total")) - before < 15

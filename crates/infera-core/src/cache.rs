@@ -94,6 +94,25 @@ impl ResponseCache {
         if size > self.capacity {
             return;
         }
+        // A request's outputs may be views into its whole batch's buffers: stored as they
+        // are, they would keep every batch alive and the size above would be a lie.
+        let outputs: Vec<OutputTensor> = outputs
+            .into_iter()
+            .map(|o| OutputTensor {
+                name: o.name,
+                tensor: crate::Tensor {
+                    data: match o.tensor.data {
+                        crate::TensorData::Raw(b) => {
+                            crate::TensorData::Raw(bytes::Bytes::copy_from_slice(&b))
+                        }
+                        crate::TensorData::Strings(v) => crate::TensorData::Strings(
+                            v.iter().map(|e| bytes::Bytes::copy_from_slice(e)).collect(),
+                        ),
+                    },
+                    ..o.tensor
+                },
+            })
+            .collect();
         let mut inner = self.inner.lock();
         if let Some(old) = inner.entries.put(key, Arc::new(outputs)) {
             inner.bytes -= size_of(&old);

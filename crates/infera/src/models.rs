@@ -54,6 +54,8 @@ enum ModelsCommand {
     Reload { name: String },
 }
 
+const MAX_ANSWER: u64 = 64 << 20;
+
 struct Client {
     http: reqwest::blocking::Client,
     url: String,
@@ -94,7 +96,10 @@ impl Client {
             )
         })?;
         let status = resp.status();
-        let text = resp.text().unwrap_or_default();
+        // Bounded: an index of thousands of models is a few MB; anything past this is not one.
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(resp, MAX_ANSWER), &mut text)
+            .context("the server's answer is not UTF-8 text")?;
         let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(parsed);
