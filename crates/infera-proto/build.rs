@@ -16,5 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".")
         .codec_path("crate::guard::GuardedCodec")
         .compile_fds_with_config(fds, config)?;
+    // ONNX's own schema (onnx.proto3, the copy tract compiles), for the crates that read and
+    // write model files without needing a runtime (infera-optimize).
+    let onnx = protox::compile(["onnx/onnx.proto3"], ["proto"])?;
+    prost_build::Config::new().compile_fds(onnx)?;
     Ok(())
 }

@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
-use tract_onnx::pb::ModelProto;
-use tract_onnx::pb::tensor_proto::DataType;
+use infera_proto::onnx::ModelProto;
+use infera_proto::onnx::tensor_proto::DataType;
 
 use crate::OptimizeError;
 use crate::data::Images;

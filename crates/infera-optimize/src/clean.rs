@@ -7,8 +7,8 @@
 use std::collections::HashSet;
 
 use infera_core::DataType as CoreType;
-use tract_onnx::pb::tensor_proto::DataType;
-use tract_onnx::pb::{GraphProto, ModelProto, TensorProto};
+use infera_proto::onnx::tensor_proto::DataType;
+use infera_proto::onnx::{GraphProto, ModelProto, TensorProto};
 
 use crate::OptimizeError;
 use crate::graph;

@@ -3,13 +3,13 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use prost::Message;
-pub use tract_onnx::pb;
-use tract_onnx::pb::attribute_proto::AttributeType;
-use tract_onnx::pb::tensor_proto::DataType;
-use tract_onnx::pb::{
+pub use infera_proto::onnx as pb;
+use infera_proto::onnx::attribute_proto::AttributeType;
+use infera_proto::onnx::tensor_proto::DataType;
+use infera_proto::onnx::{
     AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto, ValueInfoProto,
 };
+use prost::Message;
 
 use crate::OptimizeError;
 

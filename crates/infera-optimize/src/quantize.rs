@@ -14,8 +14,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tract_onnx::pb::tensor_proto::DataType;
-use tract_onnx::pb::{GraphProto, ModelProto, NodeProto};
+use infera_proto::onnx::tensor_proto::DataType;
+use infera_proto::onnx::{GraphProto, ModelProto, NodeProto};
 
 use crate::OptimizeError;
 use crate::graph::{self, Names};

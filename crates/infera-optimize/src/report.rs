@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use infera_core::backend::Session;
 use infera_core::tensor::Tensor;
-use tract_onnx::pb::ModelProto;
+use infera_proto::onnx::ModelProto;
 
 use crate::OptimizeError;
 use crate::data::Images;
@@ -240,17 +240,17 @@ pub fn analyze(
 
 /// A Gemm [m, k] × [k, n] model, FP32 or (when `int8`) quantized as QDQ, for the peak test.
 fn gemm_model(m: usize, k: usize, n: usize, int8: bool) -> Result<ModelProto, OptimizeError> {
-    use tract_onnx::pb::tensor_proto::DataType;
-    use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
-    use tract_onnx::pb::{OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto};
+    use infera_proto::onnx::tensor_proto::DataType;
+    use infera_proto::onnx::tensor_shape_proto::{Dimension, dimension};
+    use infera_proto::onnx::{OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto};
     let w: Vec<f32> = (0..k * n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
     let b = vec![0.0f32; n];
     let vi = |name: &str, dims: &[usize]| ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
             denotation: String::new(),
-            value: Some(tract_onnx::pb::type_proto::Value::TensorType(
-                tract_onnx::pb::type_proto::Tensor {
+            value: Some(infera_proto::onnx::type_proto::Value::TensorType(
+                infera_proto::onnx::type_proto::Tensor {
                     elem_type: DataType::Float as i32,
                     shape: Some(TensorShapeProto {
                         dim: dims
@@ -272,7 +272,7 @@ fn gemm_model(m: usize, k: usize, n: usize, int8: bool) -> Result<ModelProto, Op
             domain: String::new(),
             version: 17,
         }],
-        graph: Some(tract_onnx::pb::GraphProto {
+        graph: Some(infera_proto::onnx::GraphProto {
             name: "peak".into(),
             node: vec![graph::node("Gemm", "gemm", &["x", "w", "b"], &["y"])],
             initializer: vec![

@@ -6,7 +6,7 @@ use std::path::Path;
 use infera_backend_ort::OrtBackend;
 use infera_core::backend::{Backend, LoadOptions, Session};
 use infera_core::tensor::Tensor;
-use tract_onnx::pb::ModelProto;
+use infera_proto::onnx::ModelProto;
 
 use crate::OptimizeError;
 use crate::graph;

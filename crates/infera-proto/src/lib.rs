@@ -1,4 +1,5 @@
-//! The Triton / KServe v2 wire types: `inference.GRPCInferenceService` and `ModelConfig`.
+//! The Triton / KServe v2 wire types: `inference.GRPCInferenceService` and `ModelConfig`; and
+//! ONNX's model schema (`onnx`).
 //!
 //! The `.proto` files under `proto/` carry the exact package, message names and field
 //! numbers of the published protocol, so Triton's own clients interoperate unchanged.
@@ -6,6 +7,12 @@
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod inference {
     tonic::include_proto!("inference");
+}
+
+/// ONNX's protobuf schema (`ModelProto`, `GraphProto`, `NodeProto`, ...), as prost types.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod onnx {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 
 pub mod guard;
