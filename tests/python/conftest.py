@@ -45,9 +45,12 @@ class Server:
         self.grpc = f"127.0.0.1:{self.grpc_port}"
         self.metrics = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = self.repo.parent / f"infera-{self.http_port}.log"
+        # Most tests load and unload models through the API: explicit mode with every model
+        # loaded at start, unless a test picks its own mode.
+        control = [] if "--model-control-mode" in extra else ["--model-control-mode", "explicit", "--load-model", "*"]
         cmd = [str(BINARY), "serve", "--model-repository", str(repo),
                "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-               "--metrics-port", str(self.metrics_port), *extra]
+               "--metrics-port", str(self.metrics_port), *control, *extra]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})

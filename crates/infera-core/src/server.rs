@@ -29,12 +29,41 @@ pub const EXTENSIONS: &[&str] = &[
     "statistics",
 ];
 
+/// Triton's `--model-control-mode`: who may change which models are loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControlMode {
+    /// Every model loads at start; the repository API cannot change them.
+    None,
+    /// Every model loads at start, then the server follows the repository's folders.
+    Poll,
+    /// Models load and unload through the repository API.
+    #[default]
+    Explicit,
+}
+
+impl std::str::FromStr for ControlMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ControlMode, String> {
+        match s {
+            "none" => Ok(ControlMode::None),
+            "poll" => Ok(ControlMode::Poll),
+            "explicit" => Ok(ControlMode::Explicit),
+            other => Err(format!("'{other}': use none, poll or explicit")),
+        }
+    }
+}
+
+/// Triton's refusal of load/unload outside explicit mode, word for word.
+pub const LOAD_NOT_ALLOWED: &str =
+    "explicit model load / unload is not allowed if polling is enabled";
+
 pub struct InferenceServer {
     pub repository: Arc<ModelRepository>,
     pub metrics: Metrics,
     shutting_down: AtomicBool,
     /// `--cache-config`: answers of models with `response_cache { enable: true }`.
     cache: Option<Arc<ResponseCache>>,
+    control: ControlMode,
 }
 
 pub struct VersionStats {
@@ -54,6 +83,25 @@ impl InferenceServer {
             metrics,
             shutting_down: AtomicBool::new(false),
             cache: None,
+            control: ControlMode::default(),
+        }
+    }
+
+    /// Who may load and unload models (explicit unless set).
+    pub fn with_control_mode(mut self, mode: ControlMode) -> InferenceServer {
+        self.control = mode;
+        self
+    }
+
+    pub fn control_mode(&self) -> ControlMode {
+        self.control
+    }
+
+    fn check_explicit(&self) -> ServeResult<()> {
+        if self.control == ControlMode::Explicit {
+            Ok(())
+        } else {
+            Err(ServeError::unavailable(LOAD_NOT_ALLOWED))
         }
     }
 
@@ -144,6 +192,7 @@ impl InferenceServer {
     }
 
     pub async fn load(&self, name: &str, config_json: Option<String>) -> ServeResult<()> {
+        self.check_explicit()?;
         let repo = self.repository.clone();
         let name = name.to_string();
         tokio::task::spawn_blocking(move || repo.load(&name, config_json.as_deref()))
@@ -153,6 +202,7 @@ impl InferenceServer {
 
     /// Unloads a model; see [`ModelRepository::unload`] for models that ensembles use.
     pub async fn unload(&self, name: &str, unload_dependents: bool) -> ServeResult<()> {
+        self.check_explicit()?;
         let repo = self.repository.clone();
         let name = name.to_string();
         tokio::task::spawn_blocking(move || repo.unload(&name, unload_dependents))

@@ -12,6 +12,7 @@ mod ensemble;
 pub mod files;
 mod model;
 mod policy;
+pub mod poll;
 mod warmup;
 
 use std::collections::BTreeMap;
@@ -156,6 +157,13 @@ impl ModelRepository {
     /// models they call); failures are logged and kept in the index.
     pub fn load_all(&self) -> std::io::Result<()> {
         let names = self.model_names()?;
+        self.load_each(names);
+        Ok(())
+    }
+
+    /// Loads the named models, ensembles after the models they call; failures are logged
+    /// and kept in the index.
+    pub fn load_each(&self, names: Vec<String>) {
         let is_ensemble = |n: &str| {
             self.read_config(n, &self.root.join(n), None)
                 .is_ok_and(|c| c.platform == crate::config::ENSEMBLE_PLATFORM)
@@ -167,7 +175,6 @@ impl ModelRepository {
                 warn!(model = %name, error = %e, "model failed to load");
             }
         }
-        Ok(())
     }
 
     /// Waits for the change lock; refuses when too many changes are already waiting.

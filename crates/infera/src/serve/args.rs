@@ -268,6 +268,25 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERA_ACCESS_LOG")]
     pub(super) access_log: bool,
 
+    /// Who changes the loaded models (Triton's flag). none: every model loads at start and
+    /// the repository API refuses load/unload. poll: every model loads at start, then the
+    /// server follows the repository every --repository-poll-secs (new, changed and removed
+    /// models and versions; the old version serves until the new one is ready). explicit:
+    /// the --load-model models load at start (none without it), then load/unload through
+    /// the API (`infera models`).
+    #[arg(long, env = "INFERA_MODEL_CONTROL_MODE", default_value = "none",
+          value_parser = ["none", "poll", "explicit"])]
+    pub(super) model_control_mode: String,
+
+    /// Seconds between looks at the repository in poll mode.
+    #[arg(long, env = "INFERA_REPOSITORY_POLL_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(super) repository_poll_secs: u64,
+
+    /// A model to load at start in explicit mode (repeatable); `*` loads them all.
+    #[arg(long = "load-model", value_name = "NAME")]
+    pub(super) load_model: Vec<String>,
+
     /// Triton's response cache: `local,size=BYTES` keeps up to BYTES of answers in memory for
     /// models with `response_cache { enable: true }` in their config.pbtxt; a repeated request
     /// (same model, version, inputs and outputs asked) is answered without running the model.

@@ -5,6 +5,7 @@
 mod args;
 pub mod doctor;
 mod listen;
+mod poll;
 mod telemetry;
 mod tls;
 
@@ -18,6 +19,7 @@ use infera_core::InferenceServer;
 use infera_core::backend::Backend;
 use infera_core::metrics::Metrics;
 use infera_core::repository::{Backends, ModelRepository, RepositoryOptions};
+use infera_core::server::ControlMode;
 use tracing::{info, warn};
 
 pub use args::ServeArgs;
@@ -115,10 +117,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         options,
         metrics.clone(),
     ));
-    repository
-        .load_all()
-        .with_context(|| format!("cannot read model repository {}", repo_dir.display()))?;
-    let mut server = InferenceServer::new(repository, metrics.clone());
+    let mode: ControlMode = args
+        .model_control_mode
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--model-control-mode {e}"))?;
+    anyhow::ensure!(
+        args.load_model.is_empty() || mode == ControlMode::Explicit,
+        "--load-model needs --model-control-mode explicit (the other modes load every model)"
+    );
+    let read = |e: std::io::Error| {
+        anyhow::anyhow!("cannot read model repository {}: {e}", repo_dir.display())
+    };
+    if mode != ControlMode::Explicit || args.load_model.iter().any(|m| m == "*") {
+        repository.load_all().map_err(read)?;
+    } else {
+        repository.model_names().map_err(read)?;
+        repository.load_each(args.load_model.clone());
+    }
+    let mut server = InferenceServer::new(repository, metrics.clone()).with_control_mode(mode);
     if let Some(spec) = &args.cache_config {
         let cache = infera_core::cache::ResponseCache::from_config(spec)
             .map_err(|e| anyhow::anyhow!("--cache-config {e}"))?;
@@ -438,6 +454,12 @@ async fn serve(
             "metrics",
         ));
         endpoints.push(format!("metrics {scheme}://{a}/metrics"));
+    }
+    if server.control_mode() == ControlMode::Poll {
+        tokio::spawn(poll::follow(
+            server.clone(),
+            Duration::from_secs(args.repository_poll_secs),
+        ));
     }
     metrics.startup_seconds.set(started.elapsed().as_secs_f64());
     info!(
