@@ -7,6 +7,20 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// A request's id and its span, from the request's headers (`header(name)`): the client's
+/// `x-request-id` when it is sane, else a new one; the span continues the client's
+/// `traceparent`. The same for every front-end.
+pub fn request_span<'a>(
+    header: impl Fn(&'static str) -> Option<&'a str>,
+) -> (String, tracing::Span) {
+    let id = crate::request_id::request_id(header("x-request-id"));
+    let span = tracing::info_span!("request", id = %id);
+    if let Some(tp) = header("traceparent") {
+        continue_trace(&span, tp);
+    }
+    (id, span)
+}
+
 /// Makes `span` a child of the remote span a `traceparent` header names (ignored when
 /// malformed, as the W3C recommends).
 pub fn continue_trace(span: &tracing::Span, traceparent: &str) {

@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use infera_core::metrics::{ApiMetrics, ModelLabel};
-use infera_core::request_id::request_id;
 use tracing::Instrument;
 
 #[derive(Clone)]
@@ -130,19 +129,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let id = request_id(
-            req.headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok()),
-        );
-        let span = tracing::info_span!("request", id = %id);
-        if let Some(tp) = req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-        {
-            infera_core::telemetry::continue_trace(&span, tp);
-        }
+        let (id, span) = infera_core::telemetry::request_span(|h| {
+            req.headers().get(h).and_then(|v| v.to_str().ok())
+        });
         let traces = self.traces;
         let rpc = req.uri().path().rsplit('/').next().unwrap_or("");
         let rpc = RPCS

@@ -14,7 +14,6 @@ use axum::response::Response;
 use infera_auth::Identity;
 use infera_core::InferenceServer;
 use infera_core::metrics::ApiMetrics;
-use infera_core::request_id::request_id;
 use tracing::Instrument;
 
 /// The request's id, in its extensions for handlers that want it.
@@ -34,19 +33,9 @@ pub struct Observe {
 }
 
 pub async fn layer(State(o): State<Observe>, mut req: Request, next: Next) -> Response {
-    let id = request_id(
-        req.headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok()),
-    );
-    let span = tracing::info_span!("request", id = %id);
-    if let Some(tp) = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-    {
-        infera_core::telemetry::continue_trace(&span, tp);
-    }
+    let (id, span) = infera_core::telemetry::request_span(|h| {
+        req.headers().get(h).and_then(|v| v.to_str().ok())
+    });
     let started = Instant::now();
     let wants_model = o.access_log || o.metrics.is_some();
     // Only names the repository knows: a label or log field made of whatever a client put
