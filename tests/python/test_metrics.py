@@ -62,6 +62,13 @@ def world(tmp_path_factory):
     repo = copy_repo(base)
     cfg = repo / "simple" / "config.pbtxt"
     cfg.write_text(cfg.read_text() + "\nresponse_cache { enable: true }\n")
+    # A route with a canary and a shadow, so the routing metrics have series.
+    (repo / "routes.toml").write_text("""
+[classifier]
+variants = [{ name = "stable", model = "iris", weight = 0 }, { name = "next", model = "iris", weight = 0 }]
+canary = { candidate = "next" }
+shadow = { model = "iris", percent = 0 }
+""")
     s = Server(repo, "--auth-keys", str(keys), "--data-dir", str(base / "data"),
                "--batch-input-root", str(base), "--cache-config", "local,size=65536")
     yield {"server": s, "key": key, "photos": photos}

@@ -10,6 +10,7 @@
 //! * `/api/inference/...`: batch jobs on the server (see [`jobs`])
 
 pub mod jobs;
+pub mod management;
 mod stats;
 
 use std::sync::Arc;
@@ -288,7 +289,6 @@ where
 async fn health(State(app): State<App>) -> Response {
     let models: Vec<Value> = app
         .server
-        .repository
         .index(false)
         .into_iter()
         .map(|e| {

@@ -197,6 +197,7 @@ mod tests {
                 .collect(),
             priority: 0,
             timeout: None,
+            routing_key: None,
         }
     }
 

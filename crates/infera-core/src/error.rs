@@ -55,6 +55,12 @@ impl ServeError {
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, m)
     }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, m)
+    }
+    pub fn too_large(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::TooLarge, m)
+    }
     pub fn unsupported(m: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unsupported, m)
     }

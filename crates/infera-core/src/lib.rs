@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod repository;
 pub mod request;
 pub mod request_id;
+pub mod routing;
 pub mod scheduler;
 pub mod server;
 pub mod stats;

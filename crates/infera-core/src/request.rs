@@ -16,6 +16,9 @@ pub struct InferRequest {
     /// 0 = the model's default priority level; 1 is the highest.
     pub priority: usize,
     pub timeout: Option<Duration>,
+    /// Pins a client to one variant of a routed model (A/B tests): the `routing_key`
+    /// request parameter or the `X-Routing-Key` header.
+    pub routing_key: Option<String>,
 }
 
 impl InferRequest {
@@ -42,6 +45,7 @@ impl InferRequest {
             }],
             priority,
             timeout: None,
+            routing_key: None,
         }
     }
 }

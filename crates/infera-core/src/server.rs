@@ -64,6 +64,10 @@ pub struct InferenceServer {
     /// `--cache-config`: answers of models with `response_cache { enable: true }`.
     cache: Option<Arc<ResponseCache>>,
     control: ControlMode,
+    /// A/B splits, canaries and shadows, by the name clients call.
+    pub routes: crate::routing::Routes,
+    /// Where answers of shadowed routes go to be mirrored ([`InferenceServer::start_routing`]).
+    pub(crate) shadow_tx: std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::routing::ShadowJob>>,
 }
 
 pub struct VersionStats {
@@ -78,12 +82,15 @@ impl InferenceServer {
         let _ = metrics.register(Box::new(crate::metrics::ModelReadyCollector::new(
             &repository,
         )));
+        let routes = crate::routing::Routes::new(metrics.clone());
         InferenceServer {
             repository,
             metrics,
             shutting_down: AtomicBool::new(false),
             cache: None,
             control: ControlMode::default(),
+            routes,
+            shadow_tx: std::sync::OnceLock::new(),
         }
     }
 
@@ -141,15 +148,44 @@ impl InferenceServer {
     }
 
     pub fn model_ready(&self, name: &str, version: Option<i64>) -> bool {
-        self.repository
-            .get(name)
-            .is_ok_and(|m| m.version(version).is_ok())
+        self.resolve(name, version, |m, v| m.version(v).map(|_| ()))
+            .is_ok()
     }
 
+    /// The metadata of a model, or of a route's stable variant under the route's name.
     pub fn model_metadata(&self, name: &str, version: Option<i64>) -> ServeResult<ModelMetadata> {
-        let m = self.repository.get(name)?;
-        m.version(version)?;
-        Ok(m.metadata())
+        self.resolve(name, version, |m, v| {
+            m.version(v)?;
+            let mut meta = m.metadata();
+            meta.name = name.to_string();
+            Ok(meta)
+        })
+    }
+
+    /// The model a client-facing name stands for, and the version to use: a route's stable
+    /// variant when no version is named and the name is routed, else the model of that name.
+    pub fn serving_model(
+        &self,
+        name: &str,
+        version: Option<i64>,
+    ) -> ServeResult<(Arc<Model>, Option<i64>)> {
+        if version.is_none()
+            && let Some(route) = self.routes.get(name)
+        {
+            let (model, version) = route.interface();
+            return Ok((self.repository.get(model)?, version));
+        }
+        Ok((self.repository.get(name)?, version))
+    }
+
+    fn resolve<T>(
+        &self,
+        name: &str,
+        version: Option<i64>,
+        f: impl FnOnce(&Model, Option<i64>) -> ServeResult<T>,
+    ) -> ServeResult<T> {
+        let (m, v) = self.serving_model(name, version)?;
+        f(&m, v)
     }
 
     /// Checks one input's name, type and shape against the model before its data is read,
@@ -162,9 +198,10 @@ impl InferenceServer {
         dtype: DataType,
         shape: &[usize],
     ) -> ServeResult<()> {
-        let m = self.repository.get(model)?;
-        m.version(version)?;
-        check_input(&m, find_input(&m, name)?, dtype, shape).map(|_| ())
+        self.resolve(model, version, |m, v| {
+            m.version(v)?;
+            check_input(m, find_input(m, name)?, dtype, shape).map(|_| ())
+        })
     }
 
     /// Statistics for one model (and version), or every ready model when `name` is empty.
@@ -219,11 +256,21 @@ impl InferenceServer {
                 "the server is shutting down; retry on another replica",
             ));
         }
+        // A request that names a version bypasses routing: clients can always reach one.
+        if req.version.is_none()
+            && let Some(route) = self.routes.get(&req.model)
+        {
+            return self.infer_routed(route, req).await;
+        }
         self.infer_at(req, 0).await
     }
 
     /// `depth`: how many ensembles deep this request is (the load-time cycle check's backstop).
-    async fn infer_at(&self, req: InferRequest, depth: usize) -> ServeResult<InferResponse> {
+    pub(crate) async fn infer_at(
+        &self,
+        req: InferRequest,
+        depth: usize,
+    ) -> ServeResult<InferResponse> {
         let start = Instant::now();
         let model = self.repository.get(&req.model)?;
         let version = model.version(req.version)?.clone();
@@ -372,6 +419,7 @@ impl InferenceServer {
                     .collect(),
                 priority: job.priority,
                 timeout: job.timeout,
+                routing_key: None,
             };
             let step_span = tracing::debug_span!("step", model = %step.model_name);
             let response = Box::pin(self.infer_at(request, depth + 1).instrument(step_span))

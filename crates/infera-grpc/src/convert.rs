@@ -22,6 +22,38 @@ fn int_param(p: Option<&InferParameter>, key: &str) -> Result<Option<u64>, Serve
     }
 }
 
+/// The longest routing key, as over HTTP.
+pub const MAX_ROUTING_KEY: usize = 256;
+
+/// A client's routing key: a string or an integer parameter.
+fn key_param(p: Option<&InferParameter>) -> Result<Option<String>, ServeError> {
+    let key = match p.and_then(|p| p.parameter_choice.as_ref()) {
+        None => return Ok(None),
+        Some(ParameterChoice::StringParam(s)) => s.clone(),
+        Some(ParameterChoice::Int64Param(v)) => v.to_string(),
+        Some(ParameterChoice::Uint64Param(v)) => v.to_string(),
+        Some(other) => {
+            return Err(ServeError::invalid(format!(
+                "parameter 'routing_key' must be a string, got {other:?}"
+            )));
+        }
+    };
+    if key.len() > MAX_ROUTING_KEY {
+        return Err(ServeError::invalid(format!(
+            "parameter 'routing_key' is longer than {MAX_ROUTING_KEY} bytes"
+        )));
+    }
+    Ok(Some(key))
+}
+
+/// The `x-routing-key` metadata, when it is a short printable value.
+pub fn routing_key_metadata(m: &tonic::metadata::MetadataMap) -> Option<String> {
+    m.get("x-routing-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= MAX_ROUTING_KEY)
+        .map(str::to_string)
+}
+
 fn typed_contents(
     dtype: DataType,
     shape: Vec<usize>,
@@ -155,6 +187,7 @@ pub fn from_proto_request(r: ModelInferRequest) -> Result<InferRequest, ServeErr
         timeout: int_param(r.parameters.get("timeout"), "timeout")?
             .filter(|&t| t > 0)
             .map(Duration::from_micros),
+        routing_key: key_param(r.parameters.get("routing_key"))?,
     })
 }
 

@@ -166,7 +166,11 @@ impl GrpcInferenceService for GrpcFrontend {
     ) -> Result<Response<ModelInferResponse>, Status> {
         auth::allowed(r.extensions(), &r.get_ref().model_name)?;
         let _admission = auth::admit(r.extensions())?;
-        let req = from_proto_request(r.into_inner()).map_err(status)?;
+        let key = convert::routing_key_metadata(r.metadata());
+        let mut req = from_proto_request(r.into_inner()).map_err(status)?;
+        if req.routing_key.is_none() {
+            req.routing_key = key;
+        }
         let resp = self.server.infer(req).await.map_err(status)?;
         let label = infera_core::metrics::ModelLabel(resp.model_name.clone());
         let mut resp = Response::new(to_proto_response(resp));
@@ -248,8 +252,11 @@ impl GrpcInferenceService for GrpcFrontend {
     ) -> Result<Response<ModelConfigResponse>, Status> {
         auth::allowed(r.extensions(), &r.get_ref().name)?;
         let r = r.into_inner();
-        let m = self.server.model(&r.name).map_err(status)?;
-        m.version(version(&r.version)?).map_err(status)?;
+        let (m, v) = self
+            .server
+            .serving_model(&r.name, version(&r.version)?)
+            .map_err(status)?;
+        m.version(v).map_err(status)?;
         Ok(Response::new(ModelConfigResponse {
             config: Some(m.config.clone()),
         }))
@@ -321,7 +328,6 @@ impl GrpcInferenceService for GrpcFrontend {
         let r = r.into_inner();
         let models = self
             .server
-            .repository
             .index(r.ready)
             .into_iter()
             .map(|e| repository_index_response::ModelIndex {

@@ -94,6 +94,10 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, default_model:
             e(Group::Operate, Api::ModelRepository, Some(m), false, true)
         }
         ["v2", "repository", ..] => e(Group::Operate, Api::ModelRepository, None, false, false),
+        ["v2", "routes", ..] if *method == Method::GET => {
+            e(Group::Read, Api::ModelRepository, None, false, false)
+        }
+        ["v2", "routes", ..] => e(Group::Operate, Api::ModelRepository, None, false, true),
         ["v2", "trace", ..] => e(Group::Read, Api::Trace, None, false, false),
         ["v2", "logging", ..] => e(Group::Read, Api::Logging, None, false, false),
         ["v2", "systemsharedmemory" | "cudasharedmemory", ..] => {
@@ -117,6 +121,21 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, default_model:
             *method != Method::GET,
         ),
         ["stats"] => e(Group::Read, Api::Statistics, None, false, false),
+        // TorchServe's management API (its own port).
+        ["models", rest @ ..] if *method == Method::GET => e(
+            Group::Read,
+            Api::ModelRepository,
+            rest.first().copied(),
+            false,
+            false,
+        ),
+        ["models", rest @ ..] => e(
+            Group::Operate,
+            Api::ModelRepository,
+            rest.first().copied(),
+            false,
+            true,
+        ),
         _ => e(Group::Read, Api::Metadata, None, false, false),
     }
 }

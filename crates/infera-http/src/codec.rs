@@ -133,6 +133,29 @@ fn param_u64(params: Option<&Map<String, Value>>, key: &str) -> Result<Option<u6
     }
 }
 
+/// The longest routing key: it is hashed, never stored, but a key is an id, not a payload.
+pub const MAX_ROUTING_KEY: usize = 256;
+
+/// A client's routing key (a string, or a number as many ids are).
+fn param_key(params: Option<&Map<String, Value>>) -> Result<Option<String>, ServeError> {
+    let key = match params.and_then(|p| p.get("routing_key")) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(v) => {
+            return Err(invalid(format!(
+                "parameter 'routing_key' must be a string, got {v}"
+            )));
+        }
+    };
+    if key.len() > MAX_ROUTING_KEY {
+        return Err(invalid(format!(
+            "parameter 'routing_key' is longer than {MAX_ROUTING_KEY} bytes"
+        )));
+    }
+    Ok(Some(key))
+}
+
 fn param_bool(params: Option<&Map<String, Value>>, key: &str) -> Result<Option<bool>, ServeError> {
     match params.and_then(|p| p.get(key)) {
         None | Some(Value::Null) => Ok(None),
@@ -288,6 +311,7 @@ pub fn decode_request(
             timeout: param_u64(params, "timeout")?
                 .filter(|&t| t > 0)
                 .map(Duration::from_micros),
+            routing_key: param_key(params)?,
         },
         binary_outputs,
         binary_default,
@@ -341,6 +365,7 @@ fn decode_raw(
             outputs: vec![],
             priority: 0,
             timeout: None,
+            routing_key: None,
         },
         binary_outputs: vec![],
         binary_default: true,

@@ -4,6 +4,7 @@ pub mod auth;
 mod codec;
 mod error;
 pub mod observe;
+mod routes;
 
 use std::sync::Arc;
 
@@ -78,6 +79,7 @@ pub fn router(server: Arc<InferenceServer>, max_body_bytes: usize) -> Router {
         .route("/v2/repository/models/{model}/load", post(repo_load))
         .route("/v2/repository/models/{model}/unload", post(repo_unload))
         .route("/v2/admin/usage", get(admin_usage))
+        .merge(routes::routes())
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -186,7 +188,7 @@ async fn model_metadata_v(
 }
 
 fn config(s: &AppState, model: &str, version: Option<i64>) -> ApiResult<Response> {
-    let m = s.server.model(model)?;
+    let (m, version) = s.server.serving_model(model, version)?;
     m.version(version)?;
     Ok(json_ok(m.config_json.clone()))
 }
@@ -348,7 +350,15 @@ async fn infer_inner(
         },
         &guard,
     )?;
-    let response = server.infer(decoded.request).await?;
+    let mut request = decoded.request;
+    if request.routing_key.is_none() {
+        request.routing_key = headers
+            .get("x-routing-key")
+            .and_then(|v| v.to_str().ok())
+            .filter(|k| !k.is_empty() && k.len() <= codec::MAX_ROUTING_KEY)
+            .map(str::to_string);
+    }
+    let response = server.infer(request).await?;
     let (body, json_len) =
         encode_response(&response, &decoded.binary_outputs, decoded.binary_default);
     let mut r = (StatusCode::OK, body).into_response();
@@ -399,7 +409,6 @@ async fn repo_index(
     let ready_only = req.get("ready").and_then(Value::as_bool).unwrap_or(false);
     let list: Vec<Value> = s
         .server
-        .repository
         .index(ready_only)
         .into_iter()
         .map(|e| {

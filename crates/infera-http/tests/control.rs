@@ -55,3 +55,48 @@ async fn load_and_unload_are_refused_unless_explicit() {
     );
     assert!(!server.model_ready("m", None));
 }
+
+/// A config edit that only changes the instance count resizes the loaded model in place: the
+/// versions (queues, sessions, statistics) stay the same objects and the config follows. Any
+/// other edit reloads.
+#[tokio::test]
+async fn an_instance_count_edit_resizes_without_reloading() {
+    let repo = Repo::new();
+    let cfg = memory_config("m", 4, 8, &[]);
+    repo.model("m", &cfg);
+    let server = repo.server(vec![]);
+    let before = server.repository.get("m").unwrap();
+    let count = |server: &InferenceServer| {
+        let m = server.repository.get("m").unwrap();
+        let n = match &m.versions.values().next().unwrap().runner {
+            infera_core::repository::Runner::Scheduler(s) => s.instances(),
+            infera_core::repository::Runner::Ensemble(_) => 0,
+        };
+        (n, m.config.instance_group[0].count)
+    };
+    assert_eq!(count(&server), (1, 1));
+    repo.model(
+        "m",
+        &format!("{cfg}instance_group [ {{ count: 3 kind: KIND_CPU }} ]\n"),
+    );
+    server.repository.load("m", None).unwrap();
+    let after = server.repository.get("m").unwrap();
+    assert!(
+        Arc::ptr_eq(&before.versions[&1], &after.versions[&1]),
+        "resized in place"
+    );
+    assert_eq!(count(&server), (3, 3));
+    // Back down, then a real change (max_batch_size) reloads.
+    repo.model("m", &cfg);
+    server.repository.load("m", None).unwrap();
+    assert_eq!(count(&server), (1, 1));
+    assert!(Arc::ptr_eq(
+        &before.versions[&1],
+        &server.repository.get("m").unwrap().versions[&1]
+    ));
+    repo.model("m", &cfg.replace("max_batch_size: 8", "max_batch_size: 4"));
+    server.repository.load("m", None).unwrap();
+    let reloaded = server.repository.get("m").unwrap();
+    assert!(!Arc::ptr_eq(&before.versions[&1], &reloaded.versions[&1]));
+    assert_eq!(reloaded.config.max_batch_size, 4);
+}

@@ -1,5 +1,5 @@
-//! `infera models list|load|unload|reload`: the model repository of a running server, over
-//! its HTTP API (Triton's repository extension), so operators need not hand-write curl.
+//! `infera models list|load|unload|reload|route`: the model repository and the traffic routes
+//! of a running server, over its HTTP API, so operators need not hand-write curl.
 
 use std::time::Duration;
 
@@ -52,6 +52,44 @@ enum ModelsCommand {
     },
     /// Load a model again from its files (after you changed them).
     Reload { name: String },
+    /// Show or change how traffic for a name is split (A/B), trialled (canary) or mirrored
+    /// (shadow). With only NAME it shows the route; with no NAME, every route.
+    ///
+    /// Example: infera models route fashion_mnist --variant stable=1:90 --variant candidate=2:10
+    Route(RouteArgs),
+}
+
+#[derive(Args, Debug)]
+struct RouteArgs {
+    /// The name clients call.
+    name: Option<String>,
+    /// A variant, `NAME=[MODEL:]VERSION:WEIGHT` (repeatable; VERSION `latest` for the newest).
+    /// Replaces the route with these variants.
+    #[arg(long, value_name = "NAME=[MODEL:]VERSION:WEIGHT")]
+    variant: Vec<String>,
+    /// Mirror PERCENT of the requests (default 100) to this model version, `[MODEL:]VERSION[:PERCENT]`.
+    #[arg(long, value_name = "[MODEL:]VERSION[:PERCENT]", requires = "variant")]
+    shadow: Option<String>,
+    /// Run the variant named here as a canary against the other one (default schedule:
+    /// 5% then +10 every 60 s while healthy; rolled back when its error ratio over 60 s
+    /// exceeds 5% or its p95 twice the stable one's). Set a finer schedule with --set.
+    #[arg(long, value_name = "VARIANT", requires = "variant")]
+    canary: Option<String>,
+    /// The whole route as JSON (or @FILE holding it): variants, shadow, canary (docs/routing.md).
+    #[arg(long, value_name = "JSON|@FILE", conflicts_with_all = ["variant", "delete", "promote", "rollback"])]
+    set: Option<String>,
+    /// Give the canary's candidate all traffic now.
+    #[arg(long, conflicts_with_all = ["variant", "delete", "rollback"])]
+    promote: bool,
+    /// Give the canary's candidate no traffic now.
+    #[arg(long, conflicts_with_all = ["variant", "delete"])]
+    rollback: bool,
+    /// Remove the route: the name serves its model directly again.
+    #[arg(long, conflicts_with = "variant")]
+    delete: bool,
+    /// Print the server's JSON as it is.
+    #[arg(long)]
+    json: bool,
 }
 
 const MAX_ANSWER: u64 = 64 << 20;
@@ -81,11 +119,21 @@ impl Client {
     }
 
     fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .header("content-type", "application/json")
-            .body(body.to_string());
+        self.call(reqwest::Method::POST, path, Some(body))
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
         if let Some(k) = &self.key {
             req = req.bearer_auth(k);
         }
@@ -188,6 +236,179 @@ pub fn run(a: ModelsArgs) -> anyhow::Result<()> {
             )?;
             println!("unloaded {name}");
         }
+        ModelsCommand::Route(r) => route(&c, r)?,
     }
     Ok(())
+}
+
+/// `NAME=[MODEL:]VERSION:WEIGHT` as a variant of the route's JSON.
+fn parse_variant(v: &str) -> anyhow::Result<Value> {
+    let usage = || format!("--variant '{v}': use NAME=[MODEL:]VERSION:WEIGHT, e.g. stable=1:90");
+    let (name, rest) = v.split_once('=').ok_or_else(|| anyhow::anyhow!(usage()))?;
+    let parts: Vec<&str> = rest.split(':').collect();
+    let (model, version, weight) = match parts.as_slice() {
+        [version, weight] => (None, *version, *weight),
+        [model, version, weight] => (Some(*model), *version, *weight),
+        _ => anyhow::bail!(usage()),
+    };
+    let weight: u32 = weight.parse().map_err(|_| anyhow::anyhow!(usage()))?;
+    let mut out = json!({"name": name, "weight": weight});
+    if let Some(m) = model {
+        out["model"] = m.into();
+    }
+    if version != "latest" {
+        out["version"] = version
+            .parse::<i64>()
+            .map_err(|_| anyhow::anyhow!(usage()))?
+            .into();
+    }
+    Ok(out)
+}
+
+/// `[MODEL:]VERSION[:PERCENT]` as the route's shadow.
+fn parse_shadow(v: &str) -> anyhow::Result<Value> {
+    let usage = || format!("--shadow '{v}': use [MODEL:]VERSION[:PERCENT], e.g. 3:50");
+    let parts: Vec<&str> = v.split(':').collect();
+    let version_at = |i: usize| -> anyhow::Result<Value> {
+        match parts[i] {
+            "latest" => Ok(Value::Null),
+            p => Ok(p
+                .parse::<i64>()
+                .map_err(|_| anyhow::anyhow!(usage()))?
+                .into()),
+        }
+    };
+    let (model, version, percent) = match parts.len() {
+        1 => (Value::Null, version_at(0)?, None),
+        2 if parts[0].parse::<i64>().is_ok() || parts[0] == "latest" => {
+            (Value::Null, version_at(0)?, Some(parts[1]))
+        }
+        2 => (parts[0].into(), version_at(1)?, None),
+        3 => (parts[0].into(), version_at(1)?, Some(parts[2])),
+        _ => anyhow::bail!(usage()),
+    };
+    let mut out = json!({});
+    if !model.is_null() {
+        out["model"] = model;
+    }
+    if !version.is_null() {
+        out["version"] = version;
+    }
+    if let Some(p) = percent {
+        out["percent"] = p
+            .parse::<f64>()
+            .map_err(|_| anyhow::anyhow!(usage()))?
+            .into();
+    }
+    Ok(out)
+}
+
+fn route(c: &Client, r: &RouteArgs) -> anyhow::Result<()> {
+    let Some(name) = &r.name else {
+        let all = c.call(reqwest::Method::GET, "/v2/routes", None)?;
+        if r.json {
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        } else if all.as_array().is_none_or(Vec::is_empty) {
+            println!("no routes: every name serves its model directly");
+        }
+        for route in all.as_array().into_iter().flatten() {
+            if !r.json {
+                print_route(route);
+            }
+        }
+        return Ok(());
+    };
+    let path = format!("/v2/routes/{}", path_segment(name));
+    let shown = if r.delete {
+        c.call(reqwest::Method::DELETE, &path, None)?;
+        println!("route {name} deleted: '{name}' serves its model directly");
+        return Ok(());
+    } else if r.promote {
+        c.post(&format!("{path}/promote"), json!({}))?
+    } else if r.rollback {
+        c.post(&format!("{path}/rollback"), json!({}))?
+    } else if let Some(set) = &r.set {
+        let text = match set.strip_prefix('@') {
+            Some(file) => {
+                std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
+            }
+            None => set.clone(),
+        };
+        let spec: Value =
+            serde_json::from_str(&text).context("--set must be a route as JSON (or @FILE)")?;
+        c.call(reqwest::Method::PUT, &path, Some(spec))?
+    } else if !r.variant.is_empty() {
+        let variants = r
+            .variant
+            .iter()
+            .map(|v| parse_variant(v))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut spec = json!({"variants": variants});
+        if let Some(s) = &r.shadow {
+            spec["shadow"] = parse_shadow(s)?;
+        }
+        if let Some(candidate) = &r.canary {
+            spec["canary"] = json!({"candidate": candidate});
+        }
+        c.call(reqwest::Method::PUT, &path, Some(spec))?
+    } else {
+        c.call(reqwest::Method::GET, &path, None)?
+    };
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+    } else {
+        print_route(&shown);
+    }
+    Ok(())
+}
+
+fn print_route(r: &Value) {
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "latest".into(),
+        v => v.to_string(),
+    };
+    println!("route {}", s(&r["name"]));
+    println!(
+        "  {:12} {:24} {:8} {:>6} {:>10} {:>10}",
+        "VARIANT", "MODEL", "VERSION", "WEIGHT", "SUCCESS", "FAILURE"
+    );
+    for v in r["variants"].as_array().into_iter().flatten() {
+        println!(
+            "  {:12} {:24} {:8} {:>6} {:>10} {:>10}",
+            s(&v["name"]),
+            s(&v["model"]),
+            s(&v["version"]),
+            s(&v["weight"]),
+            s(&v["success"]),
+            s(&v["failure"])
+        );
+    }
+    let c = &r["canary"];
+    if c.is_object() {
+        println!(
+            "  canary: {} is {}{}",
+            s(&c["candidate"]),
+            s(&c["phase"]).replace('_', " "),
+            c["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    let sh = &r["shadow"];
+    if sh.is_object() {
+        let agreement = sh["agreement"]
+            .as_f64()
+            .map_or("-".into(), |a| format!("{:.1}%", a * 100.0));
+        println!(
+            "  shadow: {} version {} gets {}% of requests; top-1 agreement {agreement} of {} compared ({} failed, {} dropped)",
+            s(&sh["model"]),
+            s(&sh["version"]),
+            s(&sh["percent"]),
+            s(&sh["compared"]),
+            s(&sh["failed"]),
+            s(&sh["dropped"])
+        );
+    }
 }

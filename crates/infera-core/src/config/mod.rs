@@ -44,6 +44,18 @@ pub fn parse_pbtxt(text: &str) -> Result<ModelConfig, ConfigError> {
         .map_err(|e| ConfigError::new("config.pbtxt", e.to_string()))
 }
 
+/// A config as config.pbtxt text (protobuf text format, one field per line).
+pub fn to_pbtxt(cfg: &ModelConfig) -> String {
+    let mut msg = DynamicMessage::new(descriptor());
+    match msg.transcode_from(cfg) {
+        Ok(()) => msg.to_text_format_with_options(
+            &prost_reflect::text_format::FormatOptions::new().pretty(true),
+        ),
+        // Every ModelConfig transcodes to its own descriptor; kept total all the same.
+        Err(_) => String::new(),
+    }
+}
+
 fn check_size(len: usize) -> Result<(), ConfigError> {
     if len > limits::MAX_CONFIG_BYTES {
         return Err(ConfigError::new(

@@ -40,9 +40,25 @@ pub struct Metrics {
     pub cache_miss_us: IntCounterVec,
     /// Seconds from the process start to serving on every port (the cold-start objective).
     pub startup_seconds: Gauge,
+    /// Routed requests by route, variant and outcome (`success`, `failure`).
+    pub route_requests: IntCounterVec,
+    /// The weight each variant has now (a canary moves it).
+    pub route_weight: IntGaugeVec,
+    /// Canaries rolled back, automatically or by hand.
+    pub route_rollbacks: IntCounterVec,
+    /// Mirrored requests by result: `agree`, `disagree`, `failed`, `dropped`.
+    pub shadow_requests: IntCounterVec,
 }
 
 const LABELS: &[&str] = &["model", "version"];
+
+fn plain_counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
 
 fn latency_buckets() -> Vec<f64> {
     vec![
@@ -199,6 +215,38 @@ impl Metrics {
                     .expect("unique metric");
                 g
             },
+            route_requests: plain_counter(
+                &registry,
+                "infera_route_requests_total",
+                "Requests through a route, by variant and outcome",
+                &["route", "variant", "outcome"],
+            ),
+            route_weight: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "infera_route_weight",
+                        "The weight of each variant of a route now",
+                    ),
+                    &["route", "variant"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            route_rollbacks: plain_counter(
+                &registry,
+                "infera_route_rollbacks_total",
+                "Canary candidates rolled back (automatically or by hand)",
+                &["route"],
+            ),
+            shadow_requests: plain_counter(
+                &registry,
+                "infera_shadow_requests_total",
+                "Requests mirrored to a shadow model, by result (agree, disagree, failed, dropped)",
+                &["route", "result"],
+            ),
             registry,
         }
     }

@@ -10,7 +10,7 @@ use infera_proto::inference::ModelConfig;
 use tracing::warn;
 
 use super::autocomplete::{autocomplete, bind_io};
-use super::model::{Model, ModelVersion, Runner};
+use super::model::{Model, ModelVersion, Resizable, Runner, SessionOpener};
 use super::{ModelRepository, ensemble, files, policy};
 use crate::backend::{Backend, LoadOptions, Session, Signature};
 use crate::config::limits::MAX_CONFIG_BYTES;
@@ -54,6 +54,8 @@ impl ModelRepository {
         if cfg.platform == ENSEMBLE_PLATFORM {
             return ensemble::build(name, cfg, dir, &self.metrics).map_err(fail);
         }
+        let read_config = cfg.clone();
+        let files = super::poll::files_fingerprint(dir);
         let backend = self.pick_backend(&mut cfg).map_err(fail)?;
         let versions = match policy::select_versions(dir, &cfg) {
             // A backend without model files may leave out the version folder: it is version 1.
@@ -90,6 +92,7 @@ impl ModelRepository {
         };
 
         let mut loaded: BTreeMap<i64, Vec<Box<dyn Session>>> = BTreeMap::new();
+        let mut openers: Option<BTreeMap<i64, SessionOpener>> = Some(BTreeMap::new());
         let mut signature: Option<Signature> = None;
         for &v in &versions {
             let sealed_name = if model_file.ends_with(".enc") {
@@ -116,6 +119,21 @@ impl ModelRepository {
             } else {
                 None
             };
+            match (&mut openers, sealed) {
+                (Some(o), false) => {
+                    let (backend, path, options) = (backend.clone(), path.clone(), options.clone());
+                    let name = name.to_string();
+                    o.insert(
+                        v,
+                        Arc::new(move || {
+                            backend
+                                .load(&path, &options)
+                                .map_err(|e| ServeError::invalid(format!("model '{name}': {e}")))
+                        }),
+                    );
+                }
+                _ => openers = None,
+            }
             let mut sessions = Vec::with_capacity(instances);
             for _ in 0..instances {
                 let s = match &plain {
@@ -178,6 +196,11 @@ impl ModelRepository {
             outputs,
             model_input_count: signature.inputs.len(),
             versions: version_map,
+            resizable: openers.map(|open| Resizable {
+                read_config,
+                files,
+                open,
+            }),
         })
     }
 

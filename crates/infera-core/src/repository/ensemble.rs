@@ -156,6 +156,7 @@ pub fn build(
         inputs,
         outputs,
         versions: BTreeMap::from([(1, version)]),
+        resizable: None,
     })
 }
 

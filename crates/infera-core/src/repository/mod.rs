@@ -13,6 +13,7 @@ pub mod files;
 mod model;
 mod policy;
 pub mod poll;
+mod resize;
 mod warmup;
 
 use std::collections::BTreeMap;
@@ -261,6 +262,9 @@ impl ModelRepository {
     /// Builds, checks and warms a model without touching what serves.
     fn prepare(&self, name: &str, dir: &Path, config_json: Option<&str>) -> ServeResult<Model> {
         let cfg = self.read_config(name, dir, config_json)?;
+        if let Some(model) = self.try_resize(name, &cfg)? {
+            return Ok(model);
+        }
         self.check_graph(name, &cfg)?;
         let model = self.build(name, dir, cfg)?;
         self.check_neighbours(&model)?;
@@ -371,6 +375,17 @@ impl ModelRepository {
             }
         }
         Ok(())
+    }
+
+    /// Drops what the index remembers of an unloaded model whose folder is gone (a
+    /// registration that failed or was undone). False when the model is loaded.
+    pub fn forget(&self, name: &str) -> bool {
+        let mut models = self.models.write();
+        if models.get(name).is_some_and(|s| s.model.is_some()) {
+            return false;
+        }
+        models.remove(name);
+        true
     }
 
     /// A ready model, or the reason it is not.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use infera_proto::inference::ModelConfig;
 
+use crate::backend::Session;
 use crate::datatype::DataType;
 use crate::error::{ServeError, ServeResult};
 use crate::metrics::VersionMetrics;
@@ -52,6 +53,19 @@ pub struct ModelVersion {
     pub metrics: VersionMetrics,
 }
 
+/// Opens one more runtime session of a version (for a resize).
+pub type SessionOpener = Arc<dyn Fn() -> ServeResult<Box<dyn Session>> + Send + Sync>;
+
+/// What lets a loaded model change its instance count in place.
+pub struct Resizable {
+    /// The config as read, before auto-complete: a reload whose config differs from it only
+    /// in `instance_group` resizes instead of reloading.
+    pub read_config: ModelConfig,
+    /// The model's files other than config.pbtxt, when it was built.
+    pub files: u64,
+    pub open: BTreeMap<i64, SessionOpener>,
+}
+
 pub struct Model {
     pub name: String,
     pub config: ModelConfig,
@@ -63,6 +77,8 @@ pub struct Model {
     /// Inputs the model file declares, for putting request tensors in model order.
     pub model_input_count: usize,
     pub versions: BTreeMap<i64, Arc<ModelVersion>>,
+    /// `None` for ensembles and encrypted models (their plaintext is not kept to open more).
+    pub resizable: Option<Resizable>,
 }
 
 impl Model {

@@ -16,6 +16,17 @@ const MAX_DEPTH: usize = 4;
 const MAX_ENTRIES: usize = 10_000;
 
 fn walk(dir: &Path, rel: &Path, depth: usize, seen: &mut usize, h: &mut DefaultHasher) {
+    walk_skipping(dir, rel, depth, seen, h, None);
+}
+
+fn walk_skipping(
+    dir: &Path,
+    rel: &Path,
+    depth: usize,
+    seen: &mut usize,
+    h: &mut DefaultHasher,
+    skip: Option<&str>,
+) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -27,6 +38,9 @@ fn walk(dir: &Path, rel: &Path, depth: usize, seen: &mut usize, h: &mut DefaultH
             return;
         }
         let name = e.file_name();
+        if skip.is_some_and(|s| name == s) {
+            continue;
+        }
         let path = rel.join(&name);
         let Ok(meta) = e.metadata() else { continue };
         path.hash(h);
@@ -39,6 +53,21 @@ fn walk(dir: &Path, rel: &Path, depth: usize, seen: &mut usize, h: &mut DefaultH
             walk(&e.path(), &path, depth + 1, seen, h);
         }
     }
+}
+
+/// The fingerprint of a model's files other than its config.pbtxt.
+pub(super) fn files_fingerprint(dir: &Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    let mut seen = 0;
+    walk_skipping(
+        dir,
+        Path::new(""),
+        1,
+        &mut seen,
+        &mut h,
+        Some("config.pbtxt"),
+    );
+    h.finish()
 }
 
 fn fingerprint(dir: &Path) -> u64 {

@@ -110,6 +110,10 @@ struct Queues {
     delayed: VecDeque<Pending>,
     len: usize,
     shutdown: bool,
+    /// Worker threads running now.
+    workers: usize,
+    /// Workers asked to stop: the next ones between batches do (a resize down drains).
+    retire: usize,
     /// When an online request last arrived.
     last_online: Option<Instant>,
     /// While online traffic is recent, background batches wait until then.
@@ -158,6 +162,8 @@ impl Scheduler {
                 delayed: VecDeque::new(),
                 len: 0,
                 shutdown: false,
+                workers: 0,
+                retire: 0,
                 last_online: None,
                 background_resume: None,
             }),
@@ -165,13 +171,65 @@ impl Scheduler {
             stats,
             metrics,
         });
-        for (i, session) in sessions.into_iter().enumerate() {
-            let s = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("{model}-{i}"))
-                .spawn(move || worker(s, session))?;
+        let scheduler = Scheduler { shared };
+        for session in sessions {
+            scheduler.spawn(session)?;
         }
-        Ok(Scheduler { shared })
+        Ok(scheduler)
+    }
+
+    fn spawn(&self, session: Box<dyn Session>) -> std::io::Result<()> {
+        let s = self.shared.clone();
+        let mut q = s.queues.lock();
+        let i = q.workers;
+        std::thread::Builder::new()
+            .name(format!("{}-{i}", s.model))
+            .spawn({
+                let s = s.clone();
+                move || worker(s, session)
+            })?;
+        q.workers += 1;
+        Ok(())
+    }
+
+    /// Instances serving now (workers asked to stop are not counted).
+    pub fn instances(&self) -> usize {
+        let q = self.shared.queues.lock();
+        q.workers - q.retire
+    }
+
+    /// Grows or shrinks the instances to `n` (at least 1) without stopping the queue: new
+    /// sessions come from `open`; a shrink lets the surplus workers finish the batch they run
+    /// and stop, so no request in flight or queued fails.
+    pub fn resize(
+        &self,
+        n: usize,
+        mut open: impl FnMut() -> ServeResult<Box<dyn Session>>,
+    ) -> ServeResult<()> {
+        let n = n.max(1);
+        let mut q = self.shared.queues.lock();
+        let now = q.workers - q.retire;
+        if n < now {
+            q.retire += now - n;
+            drop(q);
+            self.shared.ready.notify_all();
+            return Ok(());
+        }
+        // Workers not yet gone are kept rather than replaced.
+        let kept = q.retire.min(n - now);
+        q.retire -= kept;
+        let missing = n - now - kept;
+        drop(q);
+        for _ in 0..missing {
+            let session = open()?;
+            self.spawn(session).map_err(|e| {
+                ServeError::internal(format!(
+                    "model '{}': cannot start a worker: {e}",
+                    self.shared.model
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     /// Queues a job. Fails at once (never blocks) when the queue is full.
@@ -455,6 +513,11 @@ fn worker(s: Arc<Shared>, mut session: Box<dyn Session>) {
         let mut batch = {
             let mut q = s.queues.lock();
             loop {
+                if q.retire > 0 {
+                    q.retire -= 1;
+                    q.workers -= 1;
+                    return;
+                }
                 let now = Instant::now();
                 let next_deadline = s.expire(&mut q, now);
                 match s.pick(&mut q, now) {

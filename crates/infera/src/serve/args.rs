@@ -28,6 +28,26 @@ pub struct ServeArgs {
     #[arg(long, env = "INFERA_METRICS_PORT", default_value_t = 8002)]
     pub(super) metrics_port: u16,
 
+    /// TorchServe's management API (register, scale workers, describe, unregister,
+    /// set-default) on this port; `--management-port` alone uses TorchServe's 8081. Off
+    /// unless given. Registrations copy the model into the repository.
+    #[arg(long, env = "INFERA_MANAGEMENT_PORT", num_args = 0..=1, default_missing_value = "8081", value_name = "PORT")]
+    pub(super) management_port: Option<u16>,
+
+    /// Folder that `POST /models?url=NAME` registers local models from (TorchServe's model
+    /// store): a model folder, a .tar.gz of one, or an .onnx file. Paths may not leave it.
+    #[arg(long, env = "INFERA_MODEL_STORE", value_name = "DIR")]
+    pub(super) model_store: Option<PathBuf>,
+
+    /// Regular expression a whole URL must match for `POST /models?url=https://...` to
+    /// download it (repeatable). Default: none, so no URL is downloaded.
+    #[arg(long = "allowed-urls", value_name = "REGEX")]
+    pub(super) allowed_urls: Vec<String>,
+
+    /// Bytes a registered model may have, downloaded or unpacked.
+    #[arg(long, default_value_t = 2 << 30, value_name = "BYTES")]
+    pub(super) max_model_bytes: u64,
+
     /// Path to libonnxruntime (file or directory). Default: ORT_DYLIB_PATH, else the
     /// `onnxruntime` Python wheel if installed. Without it, infera falls back to tract.
     #[arg(long, env = "INFERA_ONNXRUNTIME_LIB", value_name = "PATH")]
@@ -292,6 +312,12 @@ pub struct ServeArgs {
     /// (same model, version, inputs and outputs asked) is answered without running the model.
     #[arg(long, env = "INFERA_CACHE_CONFIG", value_name = "local,size=BYTES")]
     pub(super) cache_config: Option<String>,
+
+    /// Traffic routes to start with (A/B splits, canaries, shadows; TOML, a table per routed
+    /// name). Default: `routes.toml` in the model repository when there is one. Change them
+    /// at run time with `/v2/routes` or `infera models route`.
+    #[arg(long, env = "INFERA_ROUTES", value_name = "FILE")]
+    pub(super) routes: Option<PathBuf>,
 
     /// Export traces over OTLP/HTTP (JSON) to this collector, e.g. http://127.0.0.1:4318 (an
     /// OpenTelemetry Collector, Jaeger, Tempo): a span per request, its queue wait, each

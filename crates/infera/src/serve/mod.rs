@@ -6,6 +6,7 @@ mod args;
 pub mod doctor;
 mod listen;
 mod poll;
+mod routes;
 mod telemetry;
 mod tls;
 
@@ -144,6 +145,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         server = server.with_response_cache(Arc::new(cache));
     }
+    let routes = routes::file(args.routes.as_deref(), &repo_dir)
+        .map(|p| routes::read(&p))
+        .transpose()?;
+    if let Some(r) = routes {
+        routes::apply(&server, r);
+    }
     let server = Arc::new(server);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -270,6 +277,7 @@ async fn serve(
     keyring: Option<Arc<infera_seal::Keyring>>,
     started: Instant,
 ) -> anyhow::Result<()> {
+    server.start_routing();
     let addr = |port: u16| -> anyhow::Result<SocketAddr> {
         format!("{}:{port}", args.host)
             .parse()
@@ -454,6 +462,39 @@ async fn serve(
             "metrics",
         ));
         endpoints.push(format!("metrics {scheme}://{a}/metrics"));
+    }
+    if let Some(port) = args.management_port {
+        let a = addr(port)?;
+        let listener = bind(a, "management", "--management-port").await?;
+        let model_store = match &args.model_store {
+            Some(d) => Some(
+                std::fs::canonicalize(d)
+                    .map_err(|e| anyhow::anyhow!("--model-store {}: {e}", d.display()))?,
+            ),
+            None => None,
+        };
+        let sources = infera_app::management::SourcePolicy {
+            model_store,
+            allowed_urls: infera_app::management::allowed_urls(&args.allowed_urls)
+                .map_err(|e| anyhow::anyhow!(e))?,
+            max_bytes: args.max_model_bytes,
+        };
+        let app = infera_http::auth::protect(
+            infera_app::management::router(server.clone(), sources),
+            auth.clone(),
+            &args.default_model,
+        );
+        let app = infera_http::observe::observe(app, args.access_log);
+        tasks.spawn(listen::serve_http(
+            listener,
+            app,
+            limits,
+            tls.as_ref().map(|t| t.http.clone()),
+            stop_tx.subscribe(),
+            exit_timeout,
+            "management",
+        ));
+        endpoints.push(format!("management {scheme}://{a}/models"));
     }
     if server.control_mode() == ControlMode::Poll {
         tokio::spawn(poll::follow(
