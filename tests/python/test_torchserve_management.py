@@ -111,9 +111,7 @@ def test_torchserve_management_with_curl(make_server, tmp_path, web):
     assert not (repo / "doubler").exists()
 
     # A second version of the tiny model; set-default pins version 1.
-    add_version(repo, 2)
-    cfg = repo / MODEL / "config.pbtxt"
-    cfg.write_text(cfg.read_text() + "version_policy: { all { } }\n")
+    add_version(repo, 2)  # the repository keeps the 2 newest versions loaded
     client.load_model(MODEL)
     code, body = curl("PUT", f"{mgmt}/models/{MODEL}/1/set-default")
     assert code == 200, body

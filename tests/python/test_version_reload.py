@@ -28,6 +28,11 @@ def add_version(repo, v):
 
 
 def make_repo(tmp_path):
+    # Two versions stay loaded, the newest serving: perf_analyzer (without -x) reads the
+    # statistics of the version whose counts rose during each window, and with one version a
+    # swap just before a window's end can leave no such version in the server's statistics
+    # (its "failed to find the requested model version", a client bookkeeping error and not a
+    # failed request; Triton answers the same way).
     repo = tmp_path / "repo"
     (repo / MODEL).mkdir(parents=True)
     (repo / MODEL / "config.pbtxt").write_text(f"""
@@ -37,6 +42,7 @@ max_batch_size: 8
 input [ {{ name: "X" data_type: TYPE_FP32 dims: [4] }} ]
 output [ {{ name: "Y" data_type: TYPE_FP32 dims: [4] }} ]
 dynamic_batching {{ }}
+version_policy: {{ latest {{ num_versions: 2 }} }}
 """)
     add_version(repo, 1)
     return repo

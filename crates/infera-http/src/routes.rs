@@ -17,8 +17,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v2/routes", get(list))
         .route("/v2/routes/{name}", get(show).put(set).delete(remove))
-        .route("/v2/routes/{name}/promote", post(promote))
-        .route("/v2/routes/{name}/rollback", post(rollback))
+        .route("/v2/routes/{name}/{action}", post(canary_action))
 }
 
 async fn list(State(s): State<AppState>) -> Response {
@@ -63,24 +62,23 @@ async fn remove(
     Ok(json_ok(json!({})))
 }
 
-async fn promote(
+/// `POST .../promote` and `.../rollback`: a canary's hand controls.
+async fn canary_action(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    Path((name, action)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     crate::state_change_allowed(&headers)?;
     let route = s.server.routes.route(&name)?;
-    route.promote()?;
-    Ok(json_ok(route.status()))
-}
-
-async fn rollback(
-    State(s): State<AppState>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    crate::state_change_allowed(&headers)?;
-    let route = s.server.routes.route(&name)?;
-    route.rollback()?;
+    match action.as_str() {
+        "promote" => route.promote()?,
+        "rollback" => route.rollback()?,
+        _ => {
+            return Err(ApiError(ServeError::not_found(format!(
+                "no action '{}' on routes: use promote or rollback",
+                action.escape_debug()
+            ))));
+        }
+    }
     Ok(json_ok(route.status()))
 }

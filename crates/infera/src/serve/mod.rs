@@ -443,14 +443,9 @@ async fn serve(
             if tls.is_some() { " (TLS)" } else { "" }
         ));
     }
-    if args.metrics_port != 0 {
-        let a = addr(args.metrics_port)?;
-        let listener = bind(a, "metrics", "--metrics-port").await?;
-        let app = infera_http::auth::protect(
-            infera_http::metrics_router(metrics.clone()),
-            auth.clone(),
-            &args.default_model,
-        );
+    // The metrics and management ports: auth, access log and TLS as on the main HTTP port.
+    let mut serve_side = |router: axum::Router, listener, what: &'static str| {
+        let app = infera_http::auth::protect(router, auth.clone(), &args.default_model);
         let app = infera_http::observe::observe(app, args.access_log);
         tasks.spawn(listen::serve_http(
             listener,
@@ -459,8 +454,17 @@ async fn serve(
             tls.as_ref().map(|t| t.http.clone()),
             stop_tx.subscribe(),
             exit_timeout,
-            "metrics",
+            what,
         ));
+    };
+    if args.metrics_port != 0 {
+        let a = addr(args.metrics_port)?;
+        let listener = bind(a, "metrics", "--metrics-port").await?;
+        serve_side(
+            infera_http::metrics_router(metrics.clone()),
+            listener,
+            "metrics",
+        );
         endpoints.push(format!("metrics {scheme}://{a}/metrics"));
     }
     if let Some(port) = args.management_port {
@@ -479,21 +483,11 @@ async fn serve(
                 .map_err(|e| anyhow::anyhow!(e))?,
             max_bytes: args.max_model_bytes,
         };
-        let app = infera_http::auth::protect(
+        serve_side(
             infera_app::management::router(server.clone(), sources),
-            auth.clone(),
-            &args.default_model,
-        );
-        let app = infera_http::observe::observe(app, args.access_log);
-        tasks.spawn(listen::serve_http(
             listener,
-            app,
-            limits,
-            tls.as_ref().map(|t| t.http.clone()),
-            stop_tx.subscribe(),
-            exit_timeout,
             "management",
-        ));
+        );
         endpoints.push(format!("management {scheme}://{a}/models"));
     }
     if server.control_mode() == ControlMode::Poll {
