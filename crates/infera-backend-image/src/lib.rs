@@ -31,6 +31,10 @@ pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 pub const MAX_MAX_PIXELS: u64 = 1 << 27;
 /// The largest output image (`width` × `height`).
 pub const MAX_OUTPUT_PIXELS: u64 = 1 << 24;
+/// `max_pixels` of the shipped `fashion_preprocess` model (and of [`Pipeline::raw_pixels`]).
+pub const SHIPPED_MAX_PIXELS: u64 = 1 << 24;
+/// The largest image file read from disk (a 40-megapixel photo is ~15 MB as JPEG).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
 /// The largest output of one batch (`max_batch_size` × channels × height × width values).
 pub const MAX_BATCH_OUTPUT_VALUES: u64 = 1 << 28;
 
@@ -186,8 +190,78 @@ impl Pipeline {
         })
     }
 
-    fn channels(&self) -> usize {
+    /// Raw pixels 0..255 of a `channels`-channel (1: gray, 3: RGB) `width`×`height` model
+    /// input, NCHW FP32, the image fitted inside (aspect kept, black borders) with a triangle
+    /// filter: the settings of the shipped `fashion_preprocess` model, which programs use
+    /// when no served preprocessing model is named, so they see what the server feeds.
+    pub fn raw_pixels(width: u32, height: u32, channels: usize) -> Result<Pipeline, String> {
+        let color = match channels {
+            1 => "gray",
+            3 => "rgb",
+            c => {
+                return Err(format!(
+                    "the model takes {c} channels per image; images give 1 (gray) or 3 (RGB)"
+                ));
+            }
+        };
+        let p: BTreeMap<String, String> = [
+            ("width", width.to_string()),
+            ("height", height.to_string()),
+            ("color", color.to_string()),
+            ("resize", "fit".to_string()),
+            ("filter", "triangle".to_string()),
+            ("max_pixels", SHIPPED_MAX_PIXELS.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Pipeline::from_parameters(&p)
+    }
+
+    /// The pipeline of a served `image_preprocess` model: its folder or its config.pbtxt.
+    pub fn from_model_config(path: &Path) -> Result<Pipeline, String> {
+        let file = if path.is_dir() {
+            path.join("config.pbtxt")
+        } else {
+            path.to_path_buf()
+        };
+        let text = infera_core::repository::files::read_bounded(&file)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let text = String::from_utf8(text)
+            .map_err(|_| format!("{}: the config is not UTF-8 text", file.display()))?;
+        let cfg = infera_core::config::parse_pbtxt(&text)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        if cfg.backend != "image_preprocess" {
+            return Err(format!(
+                "{} is not an image_preprocess model (its backend is '{}')",
+                file.display(),
+                cfg.backend
+            ));
+        }
+        let p = cfg
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), v.string_value.clone()))
+            .collect();
+        Pipeline::from_parameters(&p).map_err(|e| format!("{}: {e}", file.display()))
+    }
+
+    /// [`Pipeline::process`] on a file, read only up to [`MAX_IMAGE_FILE_BYTES`].
+    pub fn process_file(&self, path: &Path, out: &mut Vec<f32>) -> Result<(), String> {
+        let bytes = infera_core::repository::files::read_limited(path, MAX_IMAGE_FILE_BYTES)?;
+        self.process(&bytes, out)
+    }
+
+    /// 1 (gray) or 3 (RGB).
+    pub fn channels(&self) -> usize {
         if self.gray { 1 } else { 3 }
+    }
+
+    /// Whether the output is raw pixels 0..255 (no scale, mean or std applied).
+    pub fn is_raw(&self) -> bool {
+        self.scale == 1.0
+            && self.mean.iter().all(|&m| m == 0.0)
+            && self.std.iter().all(|&s| s == 1.0)
     }
 
     pub fn output_shape(&self) -> Vec<usize> {

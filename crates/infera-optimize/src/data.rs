@@ -1,9 +1,10 @@
 //! Images for calibration and accuracy: the Fashion-MNIST set or a folder of images, brought
-//! to the model's input shape as raw FP32 pixels 0..255 (what infera's models and the
-//! `fashion_preprocess` model produce).
+//! to the model's input through the server's own image pipeline (infera-backend-image), so a
+//! model is calibrated on the pixels it is served.
 
 use std::path::{Path, PathBuf};
 
+use infera_backend_image::Pipeline;
 use infera_core::tensor::Tensor;
 use infera_train::data::{self, Part};
 
@@ -60,10 +61,13 @@ impl Images {
 }
 
 /// Loads up to `limit` images shaped `item` ([C, H, W] with C = 1 or 3). Fashion-MNIST
-/// needs `item` to be [1, 28, 28]; folder images are decoded, converted and resized.
+/// needs `item` to be [1, 28, 28]; folder images go through the serving image pipeline:
+/// `preprocess` (a served `image_preprocess` model's), or by default the shipped
+/// `fashion_preprocess` settings at the model's size ([`Pipeline::raw_pixels`]).
 pub fn load(
     source: &Source,
     item: &[usize],
+    preprocess: Option<&Pipeline>,
     limit: Option<usize>,
 ) -> Result<Images, OptimizeError> {
     let [c, h, w] = item else {
@@ -89,7 +93,20 @@ pub fn load(
                 count: set.len(),
             })
         }
-        Source::Folder(root) => load_folder(root, *c, *h as u32, *w as u32, limit),
+        Source::Folder(root) => {
+            let pipeline = match preprocess {
+                Some(p) => p.clone(),
+                None => {
+                    let side = |d: usize| {
+                        u32::try_from(d).map_err(|_| {
+                            OptimizeError::Data(format!("the model's input {item:?} is too large"))
+                        })
+                    };
+                    Pipeline::raw_pixels(side(*w)?, side(*h)?, *c).map_err(OptimizeError::Data)?
+                }
+            };
+            load_folder(root, &pipeline, [*c, *h, *w], limit)
+        }
     }
 }
 
@@ -107,9 +124,8 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, OptimizeError> {
 
 fn load_folder(
     root: &Path,
-    c: usize,
-    h: u32,
-    w: u32,
+    pipeline: &Pipeline,
+    [c, h, w]: [usize; 3],
     limit: Option<usize>,
 ) -> Result<Images, OptimizeError> {
     let entries = read_dir_sorted(root)?;
@@ -142,26 +158,17 @@ fn load_folder(
             root.display()
         )));
     }
-    let mut pixels = Vec::with_capacity(files.len() * c * (h * w) as usize);
+    if (pipeline.channels(), pipeline.output_shape()) != (c, vec![c, h, w]) {
+        return Err(OptimizeError::Data(format!(
+            "the preprocessing gives {:?} per image but the model takes [{c}, {h}, {w}]",
+            pipeline.output_shape()
+        )));
+    }
+    let mut pixels = Vec::with_capacity(files.len() * c * h * w);
     for (path, _) in &files {
-        let img = image::open(path).map_err(|e| {
-            OptimizeError::Data(format!("cannot read image {}: {e}", path.display()))
-        })?;
-        let img = img.resize_exact(w, h, image::imageops::FilterType::Triangle);
-        match c {
-            1 => pixels.extend(img.to_luma8().pixels().map(|p| p.0[0] as f32)),
-            3 => {
-                let rgb = img.to_rgb8();
-                for ch in 0..3 {
-                    pixels.extend(rgb.pixels().map(|p| p.0[ch] as f32));
-                }
-            }
-            _ => {
-                return Err(OptimizeError::Data(format!(
-                    "the model takes {c} channels per image; images give 1 (gray) or 3 (RGB)"
-                )));
-            }
-        }
+        pipeline
+            .process_file(path, &mut pixels)
+            .map_err(|e| OptimizeError::Data(format!("image {}: {e}", path.display())))?;
     }
     let labels = if classes.is_empty() {
         None
@@ -171,7 +178,7 @@ fn load_folder(
     Ok(Images {
         pixels,
         labels,
-        item: vec![c, h as usize, w as usize],
+        item: vec![c, h, w],
         count: files.len(),
     })
 }

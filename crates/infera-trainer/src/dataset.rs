@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use infera_backend_image::Pipeline;
 use infera_train::data::{self, CLASSES, FILES, Part, Split};
 
 use crate::recipe::{DataConfig, DataFormat};
@@ -72,7 +73,7 @@ fn fashion_mnist(cfg: &DataConfig) -> anyhow::Result<Dataset> {
 
 /// `dir/<class>/*.png|jpg` (train; a tenth held out as test, every tenth file per class), or
 /// `dir/train/<class>/...` with `dir/test/<class>/...` when both exist. Images become
-/// 28×28 grayscale.
+/// 28×28 grayscale through the served `fashion_preprocess` pipeline (fitted, not stretched).
 fn image_folder(dir: &Path) -> anyhow::Result<Dataset> {
     let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
     if train_dir.is_dir() && test_dir.is_dir() {
@@ -133,7 +134,10 @@ fn read_classes(
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg")
+                    matches!(
+                        e.to_ascii_lowercase().as_str(),
+                        "png" | "jpg" | "jpeg" | "bmp" | "gif" | "webp"
+                    )
                 })
             })
             .collect();
@@ -148,22 +152,25 @@ fn read_classes(
         );
     }
     if examples.is_empty() {
-        bail!("no PNG or JPEG images under {}", dir.display());
+        bail!(
+            "no PNG, JPEG, BMP, GIF or WebP images under {}",
+            dir.display()
+        );
     }
     // Interleave classes so a limit keeps every class.
     let mut rng = data::Rng::new(0x1A6E);
     rng.shuffle(&mut examples);
+    // The server's pipeline, so the model is tuned on the pixels it is served.
+    let pipeline = Pipeline::raw_pixels(IMAGE_SIDE as u32, IMAGE_SIDE as u32, 1)
+        .map_err(anyhow::Error::msg)?;
+    let mut pixels = Vec::with_capacity(IMAGE_SIDE * IMAGE_SIDE);
     for (path, label) in examples {
-        let img =
-            image::open(&path).with_context(|| format!("cannot read image {}", path.display()))?;
-        let gray = img
-            .resize_exact(
-                IMAGE_SIDE as u32,
-                IMAGE_SIDE as u32,
-                image::imageops::FilterType::Triangle,
-            )
-            .into_luma8();
-        split.images.extend_from_slice(gray.as_raw());
+        pixels.clear();
+        pipeline
+            .process_file(&path, &mut pixels)
+            .map_err(|e| anyhow::anyhow!("image {}: {e}", path.display()))?;
+        // Raw pixels are whole numbers 0..=255.
+        split.images.extend(pixels.iter().map(|&v| v as u8));
         split.labels.push(label);
     }
     Ok(split)
@@ -212,5 +219,80 @@ mod tests {
         std::fs::write(dir.path().join("only/broken.png"), b"not a png").unwrap();
         let e = format!("{:#}", image_folder(dir.path()).err().unwrap());
         assert!(e.contains("broken.png"), "{e}");
+    }
+
+    /// A non-square RGB photo: every channel different, so a wrong channel weight, a
+    /// stretch instead of a fit, or another filter changes pixels.
+    fn photo_jpeg() -> Vec<u8> {
+        let img = image::RgbImage::from_fn(90, 52, |x, y| {
+            image::Rgb([
+                (x * 2 + y) as u8,
+                (255 - x * 2) as u8,
+                (y * 4 + x / 3) as u8,
+            ])
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .unwrap();
+        out.into_inner()
+    }
+
+    /// Serving (the shipped `fashion_preprocess` model's config, run by the image backend),
+    /// INT8 calibration (`infera optimize`) and fine-tuning read the same photo to the same
+    /// pixels.
+    #[test]
+    fn serving_calibration_and_fine_tuning_see_the_same_pixels() {
+        use infera_core::backend::{Backend, LoadOptions};
+        let photo = photo_jpeg();
+        let dir = tempfile::tempdir().unwrap();
+        for class in ["a", "b"] {
+            std::fs::create_dir(dir.path().join(class)).unwrap();
+            // Ten copies: fine-tuning holds every tenth file of a class out as test.
+            for i in 0..10 {
+                std::fs::write(dir.path().join(class).join(format!("{i}.jpg")), &photo).unwrap();
+            }
+        }
+
+        let model_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/model_repository/fashion_preprocess");
+        let text = std::fs::read_to_string(model_dir.join("config.pbtxt")).unwrap();
+        let cfg = infera_core::config::parse_pbtxt(&text).unwrap();
+        let options = LoadOptions {
+            intra_op_threads: 1,
+            inter_op_threads: 1,
+            parameters: cfg
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.string_value.clone()))
+                .collect(),
+            model_dir: model_dir.clone(),
+            max_batch_size: 1,
+        };
+        let mut session = infera_backend_image::ImageBackend
+            .load(&model_dir, &options)
+            .unwrap();
+        let input =
+            infera_core::Tensor::from_strings(vec![1, 1], vec![photo.clone().into()]).unwrap();
+        let served: Vec<f32> = session.run(&[input]).unwrap()[0].to_vec().unwrap();
+        assert_eq!(served.len(), IMAGE_SIDE * IMAGE_SIDE);
+        // Fitted, not stretched: a 90x52 photo leaves black rows above and below.
+        assert_eq!(served[0], 0.0);
+        assert!(served[IMAGE_SIDE * IMAGE_SIDE / 2] > 0.0);
+
+        let calibration = infera_optimize::data::load(
+            &infera_optimize::data::Source::Folder(dir.path().to_path_buf()),
+            &[1, IMAGE_SIDE, IMAGE_SIDE],
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(calibration.count, 20);
+        assert_eq!(&calibration.pixels[..served.len()], &served[..]);
+
+        let tuned = image_folder(dir.path()).unwrap();
+        let i = tuned.train.labels.iter().position(|&l| l == 0).unwrap();
+        let tuned: Vec<f32> = tuned.train.image(i).iter().map(|&p| f32::from(p)).collect();
+        assert_eq!(tuned, served);
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use infera_backend_image::Pipeline;
 use infera_optimize::calibrate::Method;
 use infera_optimize::data::{self, Source};
 use infera_optimize::quantize::{Mode, Options};
@@ -46,8 +47,10 @@ quantizes weights only and the activations per batch at run time; on CNNs it is 
 than FP32 on CPU, and the tool says so when quantization does not pay.
 
 Calibration images: `fashion-mnist` (the training set, first --calibration-size images) or a
-folder of images (flat, or class subfolders), decoded, converted to the model's channels,
-resized to its input size and fed as raw FP32 pixels 0..255, as `fashion_preprocess` does.
+folder of images (flat, or class subfolders). Folder images go through the server's own image
+pipeline: the served preprocessing model named by --preprocess, or by default the shipped
+`fashion_preprocess` settings (fit inside the model's input, triangle filter, raw pixels
+0..255 in the model's channels), so the model is calibrated on the pixels it is served.
 
 Example:
   infera optimize quantize --model examples/model_repository/fashion_mnist/1/model.onnx \\
@@ -82,6 +85,10 @@ struct QuantizeArgs {
     /// How many check images.
     #[arg(long, default_value_t = 2000)]
     check_size: usize,
+    /// The served `image_preprocess` model (its folder or config.pbtxt) whose pipeline folder
+    /// images go through. Default: the shipped `fashion_preprocess` settings at the model's size.
+    #[arg(long, value_name = "MODEL_DIR")]
+    preprocess: Option<PathBuf>,
     /// Folder with the Fashion-MNIST IDX files.
     #[arg(long, env = "INFERA_DATA_DIR_FASHION_MNIST", default_value = DEFAULT_DIR)]
     data_dir: PathBuf,
@@ -118,18 +125,25 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     b
 }
 
+/// The served preprocessing a folder of images goes through (`--preprocess`).
+fn preprocess_pipeline(dir: Option<&std::path::Path>) -> anyhow::Result<Option<Pipeline>> {
+    dir.map(|d| Pipeline::from_model_config(d).map_err(|e| anyhow::anyhow!("--preprocess {e}")))
+        .transpose()
+}
+
 fn images_for(
     spec: &str,
     data_dir: &std::path::Path,
     default: Part,
     item: &[usize],
+    preprocess: Option<&Pipeline>,
     limit: usize,
 ) -> anyhow::Result<Option<data::Images>> {
     if spec == "none" {
         return Ok(None);
     }
     let source = Source::parse(spec, data_dir, default);
-    let images = data::load(&source, item, Some(limit))
+    let images = data::load(&source, item, preprocess, Some(limit))
         .with_context(|| format!("cannot load images from '{spec}'"))?;
     Ok(Some(images))
 }
@@ -155,12 +169,14 @@ fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         ModeArg::Static => Mode::Static,
         ModeArg::Dynamic => Mode::Dynamic,
     };
+    let preprocess = preprocess_pipeline(a.preprocess.as_deref())?;
     let calibration = match mode {
         Mode::Static => images_for(
             &a.calibration,
             &a.data_dir,
             Part::Train,
             &item,
+            preprocess.as_ref(),
             a.calibration_size,
         )?,
         Mode::Dynamic => None,
@@ -169,7 +185,14 @@ fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         mode == Mode::Dynamic || calibration.is_some(),
         "static quantization needs --calibration images (or use --mode dynamic)"
     );
-    let check = images_for(&a.check, &a.data_dir, Part::Test, &item, a.check_size)?;
+    let check = images_for(
+        &a.check,
+        &a.data_dir,
+        Part::Test,
+        &item,
+        preprocess.as_ref(),
+        a.check_size,
+    )?;
     let job = QuantizeJob {
         model: a.model.clone(),
         output: a.output.clone(),
@@ -297,6 +320,9 @@ pub struct ReportArgs {
     /// ONNX Runtime intra-op threads per model.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The served `image_preprocess` model whose pipeline folder images go through.
+    #[arg(long, value_name = "MODEL_DIR")]
+    preprocess: Option<PathBuf>,
     /// Timing rounds (models take turns in each).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -314,11 +340,13 @@ pub fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
     let rt = Runtime::new(a.onnxruntime_lib.as_deref())?;
     let first = graph::load(&a.models[0])?;
     let item = report::item_dims(&first)?;
+    let preprocess = preprocess_pipeline(a.preprocess.as_deref())?;
     let images = images_for(
         &a.data,
         &a.data_dir,
         Part::Test,
         &item,
+        preprocess.as_ref(),
         a.limit.unwrap_or(usize::MAX),
     )?;
     let settings = report::Settings {
