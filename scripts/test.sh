@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, Rust unit/property tests, then the Python
-# acceptance tests (tritonclient, perf_analyzer) against the release binary.
+# acceptance tests (tritonclient, perf_analyzer) against the release binary, then the
+# `infera` wheel's tests in a fresh virtualenv.
 # Installs what it needs: Debian's libb64-0d (perf_analyzer) and a virtualenv with pinned packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,3 +40,5 @@ case $target in /*) ;; *) target=$PWD/$target ;; esac
 export INFERA_BIN="$target/release/infera"
 echo "== python acceptance tests"
 python -m pytest tests/python -q -p no:cacheprovider "$@"
+echo "== python package (wheel in a fresh virtualenv, Ray)"
+scripts/python-package.sh

@@ -24,17 +24,37 @@ pub enum OrtInitError {
 }
 
 impl OrtBackend {
-    /// Loads libonnxruntime from `library` (see [`find_library`]).
+    /// Loads libonnxruntime from `library` (see [`find_library`]). ONNX Runtime allows one
+    /// environment per process: later backends (a second in-process server, e.g. from the
+    /// Python package) share the first one's, from the same library.
     pub fn new(library: &Path) -> Result<OrtBackend, OrtInitError> {
+        static LOADED: std::sync::Mutex<Option<(PathBuf, ort::environment::Environment)>> =
+            std::sync::Mutex::new(None);
         let fail = |reason: String| OrtInitError::Load {
             path: library.display().to_string(),
             reason,
         };
+        let mut loaded = LOADED
+            .lock()
+            .map_err(|_| fail("an earlier load panicked".into()))?;
+        if let Some((first, env)) = loaded.as_ref() {
+            if first != library {
+                return Err(fail(format!(
+                    "ONNX Runtime is already loaded from {} in this process",
+                    first.display()
+                )));
+            }
+            return Ok(OrtBackend {
+                env: env.clone(),
+                library: library.to_path_buf(),
+            });
+        }
         let env = ort::init_from(library)
             .map_err(|e| fail(e.to_string()))?
             .with_name("infera")
             .build()
             .map_err(|e| fail(e.to_string()))?;
+        *loaded = Some((library.to_path_buf(), env.clone()));
         Ok(OrtBackend {
             env,
             library: library.to_path_buf(),

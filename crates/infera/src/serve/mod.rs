@@ -88,14 +88,23 @@ pub(crate) fn repository_dir(given: Option<&std::path::Path>) -> anyhow::Result<
 pub(crate) fn init_logging_quiet() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr)
-        .init();
+        // A process embedding infera may have set up logging already: keep it.
+        .try_init();
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    run_until(args, shutdown_signal())
+}
+
+/// Serves until `stop` resolves, then drains as on a stop signal.
+pub fn run_until(
+    args: ServeArgs,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let telemetry = telemetry::init(&args.log_format, args.otlp_endpoint.as_deref())?;
     let repo_dir = repository_dir(args.model_repository.as_deref())?;
@@ -157,7 +166,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .worker_threads(args.io_threads.max(1))
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(args, server, metrics, keyring, started));
+    let result = runtime.block_on(serve(args, server, metrics, keyring, started, stop));
     // Tasks a hung client still holds (or a model load in progress) must not keep the
     // process alive past the exit deadline.
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -276,6 +285,7 @@ async fn serve(
     metrics: Metrics,
     keyring: Option<Arc<infera_seal::Keyring>>,
     started: Instant,
+    stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     server.start_routing();
     let addr = |port: u16| -> anyhow::Result<SocketAddr> {
@@ -502,7 +512,7 @@ async fn serve(
         "infera ready: {}",
         endpoints.join(", ")
     );
-    shutdown_signal().await;
+    stop.await;
     info!(
         exit_timeout_secs = args.exit_timeout_secs,
         "shutdown requested: new inference gets 503, draining in-flight requests"

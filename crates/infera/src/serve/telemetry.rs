@@ -81,7 +81,12 @@ pub(super) fn init(format: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<
         }
         None => (None, None),
     };
-    tracing_subscriber::registry().with(fmt).with(otel).init();
+    // A process embedding infera (a second server in the same Python process) keeps the
+    // logging it has.
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
     Ok(Telemetry { provider })
 }
 
