@@ -329,12 +329,7 @@ impl InferenceServer {
         let (job, batch) = prepare(model, req.inputs, req.priority, req.timeout)?;
         let out = match &version.runner {
             Runner::Ensemble(steps) => self.run_ensemble(model, steps, job, &req.id, depth).await?,
-            Runner::Scheduler(scheduler) => {
-                let rx = scheduler.submit(job)?;
-                rx.await.map_err(|_| {
-                    ServeError::internal("the model worker stopped before answering")
-                })??
-            }
+            Runner::Scheduler(scheduler) => scheduler.run(job).await?,
         };
         let mut outputs = Vec::with_capacity(requested.len());
         for (io, classification) in requested {

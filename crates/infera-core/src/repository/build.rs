@@ -162,7 +162,7 @@ impl ModelRepository {
         let signature = signature.unwrap_or_default();
         config::validate(&cfg, name).map_err(fail)?;
         let (inputs, outputs) = bind_io(&cfg, &signature, dir).map_err(fail)?;
-        let policy = policy::batch_policy(&cfg, self.options.max_queue);
+        let policy = policy::batch_policy(&cfg, &signature, self.options.max_queue);
         let mut version_map = BTreeMap::new();
         for (v, sessions) in loaded {
             let stats = Arc::new(ModelStats::default());

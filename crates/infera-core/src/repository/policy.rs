@@ -10,6 +10,7 @@ use infera_proto::inference::{
 };
 use tracing::warn;
 
+use crate::backend::Signature;
 use crate::config::ConfigError;
 use crate::config::limits::MAX_VERSIONS;
 use crate::scheduler::{BatchPolicy, DynamicBatching, QueuePolicy, TimeoutAction};
@@ -105,7 +106,8 @@ fn queue_policy(p: Option<&ModelQueuePolicy>) -> QueuePolicy {
 }
 
 /// The scheduler's policy; the numbers were bounded by config validation.
-pub fn batch_policy(cfg: &ModelConfig, max_queue: usize) -> BatchPolicy {
+/// `sig`: the model file's inputs and outputs (whether a request's rows can be run apart).
+pub fn batch_policy(cfg: &ModelConfig, sig: &Signature, max_queue: usize) -> BatchPolicy {
     let dynamic = match &cfg.scheduling_choice {
         Some(SchedulingChoice::DynamicBatching(db)) if cfg.max_batch_size > 0 => {
             let default = queue_policy(db.default_queue_policy.as_ref());
@@ -134,8 +136,15 @@ pub fn batch_policy(cfg: &ModelConfig, max_queue: usize) -> BatchPolicy {
         }
         _ => None,
     };
+    // Rows can be run apart and joined back only when no output's row size depends on the
+    // batch (a symbolic non-batch dim could differ between the parts).
+    let fixed_rows = sig
+        .outputs
+        .iter()
+        .all(|o| !o.shape.is_empty() && o.shape[1..].iter().all(|&d| d >= 0));
     BatchPolicy {
         max_batch_size: cfg.max_batch_size.max(0) as usize,
+        split: dynamic.is_some() && fixed_rows,
         dynamic,
         max_queue,
     }

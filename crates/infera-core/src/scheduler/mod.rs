@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -53,6 +54,10 @@ pub struct BatchPolicy {
     pub dynamic: Option<DynamicBatching>,
     /// The scheduler-wide bound on queued requests; beyond it requests are refused (HTTP 429).
     pub max_queue: usize,
+    /// A large request may be cut across idle instances ([`Scheduler::run`]): only for
+    /// dynamically batched models whose outputs have fixed non-batch dims, so the parts
+    /// join back into exactly the rows one run would give.
+    pub split: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +106,8 @@ struct Pending {
     queue_span: tracing::Span,
     /// The span that asked (the request or an ensemble step): the "backend" span's parent.
     parent: tracing::Span,
+    /// Set on the parts of one cut request, which must not be batched back together.
+    part_of: Option<u64>,
 }
 
 struct Queues {
@@ -134,6 +141,10 @@ struct Shared {
     ready: Condvar,
     stats: Arc<ModelStats>,
     metrics: VersionMetrics,
+    /// What one batch item has recently cost the model, in nanoseconds (0: not yet run).
+    item_cost_ns: AtomicU64,
+    /// Batches taken and not yet answered.
+    running: AtomicUsize,
 }
 
 /// The queue and workers of one model version. Dropping it lets the workers finish
@@ -170,6 +181,8 @@ impl Scheduler {
             ready: Condvar::new(),
             stats,
             metrics,
+            item_cost_ns: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
         });
         let scheduler = Scheduler { shared };
         for session in sessions {
@@ -234,6 +247,10 @@ impl Scheduler {
 
     /// Queues a job. Fails at once (never blocks) when the queue is full.
     pub fn submit(&self, job: Job) -> ServeResult<oneshot::Receiver<JobResult>> {
+        self.enqueue(job, None)
+    }
+
+    fn enqueue(&self, job: Job, part_of: Option<u64>) -> ServeResult<oneshot::Receiver<JobResult>> {
         let s = &self.shared;
         let now = Instant::now();
         let (level, policy) = s.level_of(job.priority)?;
@@ -290,6 +307,7 @@ impl Scheduler {
             tx,
             queue_span,
             parent,
+            part_of,
         });
         q.len += 1;
         s.metrics.pending.inc();
@@ -431,9 +449,13 @@ impl Shared {
         let key: Vec<&[usize]> = head.job.inputs.iter().map(|t| &t.shape[1..]).collect();
         let mut chosen = Vec::new();
         let mut total = 0usize;
+        let mut parts = Vec::new();
         'outer: for &k in &order {
             for i in 0..queue_of(q, k) {
                 let p = at(q, k, i);
+                if p.part_of.is_some_and(|g| parts.contains(&g)) {
+                    continue;
+                }
                 let fits = p.job.inputs.len() == key.len()
                     && p.job
                         .inputs
@@ -447,6 +469,7 @@ impl Shared {
                     continue;
                 }
                 chosen.push((k, i));
+                parts.extend(p.part_of);
                 total += p.job.batch;
             }
         }
@@ -521,7 +544,10 @@ fn worker(s: Arc<Shared>, mut session: Box<dyn Session>) {
                 let now = Instant::now();
                 let next_deadline = s.expire(&mut q, now);
                 match s.pick(&mut q, now) {
-                    Pick::Take(chosen) => break take(&mut q, chosen),
+                    Pick::Take(chosen) => {
+                        s.running.fetch_add(1, Ordering::Relaxed);
+                        break take(&mut q, chosen);
+                    }
                     Pick::Empty if q.shutdown => return,
                     Pick::Empty => match next_deadline {
                         Some(d) => {
@@ -542,6 +568,7 @@ fn worker(s: Arc<Shared>, mut session: Box<dyn Session>) {
             p.queue_span = tracing::Span::none();
         }
         if batch.is_empty() {
+            s.running.fetch_sub(1, Ordering::Relaxed);
             continue;
         }
         let background = batch.iter().any(|p| !job_is_online(&p.job));
@@ -568,7 +595,11 @@ fn execute(s: &Shared, session: &mut dyn Session, batch: Vec<Pending>) {
     if result.is_err() && batch.len() > 1 {
         // One request's bad data (or a runtime failure it provokes) must not fail the others
         // it was batched with: run each alone, so only the culprit gets the error.
-        for p in batch {
+        for (i, p) in batch.into_iter().enumerate() {
+            if i > 0 {
+                // Each run holds one count of `running`, which its `finish` gives back.
+                s.running.fetch_add(1, Ordering::Relaxed);
+            }
             execute(s, session, vec![p]);
         }
         return;
@@ -598,6 +629,8 @@ fn run_guarded(s: &Shared, session: &mut dyn Session, batch: &[Pending]) -> Serv
 }
 
 fn finish(s: &Shared, batch: Vec<Pending>, result: ServeResult<BatchRun>, start: Instant) {
+    // Before the answers go out, so a caller that comes straight back finds this worker free.
+    s.running.fetch_sub(1, Ordering::Relaxed);
     let total: usize = batch.iter().map(|p| p.job.batch).sum();
     match result {
         Ok((per_request, t_in, t_infer, t_out)) => {
@@ -622,6 +655,7 @@ fn finish(s: &Shared, batch: Vec<Pending>, result: ServeResult<BatchRun>, start:
             s.metrics
                 .compute_infer_us
                 .inc_by(t_infer.as_micros() as u64);
+            s.record_item_cost(t_infer, total);
             for ((p, outputs), t) in batch.into_iter().zip(per_request).zip(timings) {
                 s.metrics.queue_seconds.observe(t.queue.as_secs_f64());
                 s.metrics.queue_us.inc_by(t.queue.as_micros() as u64);
@@ -683,5 +717,6 @@ fn run_batch(
     Ok((per_request, t1 - t0, t2 - t1, t2.elapsed()))
 }
 
+mod split;
 #[cfg(test)]
 mod tests;

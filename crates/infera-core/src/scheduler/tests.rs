@@ -101,6 +101,7 @@ fn dynamic(max: usize, preferred: Vec<usize>, delay_ms: u64) -> BatchPolicy {
             level_policies: vec![QueuePolicy::default()],
         }),
         max_queue: 100,
+        split: false,
     }
 }
 
@@ -118,6 +119,7 @@ fn without_dynamic_batching_each_request_runs_alone() {
             max_batch_size: 8,
             dynamic: None,
             max_queue: 100,
+            split: false,
         },
         false,
     );
@@ -260,6 +262,7 @@ fn with_priorities(levels: usize, policies: Vec<QueuePolicy>, max_batch: usize) 
             level_policies: policies,
         }),
         max_queue: 100,
+        split: false,
     }
 }
 
