@@ -3,7 +3,9 @@
 ONNX parity (burn vs ONNX Runtime), reproducibility from a seed, and clear errors."""
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,39 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     assert ma["test"] == mb["test"]
     assert tensors(a / "checkpoints/best/model.safetensors") == tensors(b / "checkpoints/best/model.safetensors")
     assert strip(ma) != strip(mc)
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
+    quick = ["data.train_limit=3000", "data.validation=500", "data.test_limit=500", "train.epochs=3"]
+    whole, _ = train(tmp_path, "whole", *quick)
+    args = [BIN, "train", "--config", CONFIG, "--runs-dir", tmp_path, "--run-id", "killed", "--no-progress",
+            *QUICK, *quick]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = tmp_path / "killed/checkpoints/last.json"
+    deadline = time.monotonic() + 600
+    while not pointer.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no resume point after epoch 1"
+        time.sleep(0.05)
+    time.sleep(0.5)                     # into epoch 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = tmp_path / "killed"
+    assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
+    r = infera("train", "--resume", killed, "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming" in r.stdout
+    mw, mk = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
+    strip = lambda m: [{k: v for k, v in h.items() if k != "seconds"} for h in m["history"]]
+    assert len(strip(mk)) == 3 and strip(mw) == strip(mk)
+    assert mw["test"] == mk["test"] and mw["best_epoch"] == mk["best_epoch"]
+    for ckpt in ("best", "final"):
+        assert tensors(whole / f"checkpoints/{ckpt}/model.safetensors") == \
+            tensors(killed / f"checkpoints/{ckpt}/model.safetensors"), ckpt
+    # A finished run is not resumed again; overrides cannot change a resumed run.
+    again = infera("train", "--resume", killed)
+    assert again.returncode == 1 and "finished" in again.stderr, again.stderr
+    other = infera("train", "--resume", tmp_path / "whole-missing")
+    assert other.returncode == 1 and "config.toml" in other.stderr, other.stderr
 
 
 def test_config_groups_and_overrides_reach_the_run(tmp_path):

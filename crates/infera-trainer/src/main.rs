@@ -10,6 +10,7 @@ mod model;
 mod onnx;
 mod prune;
 mod recipe;
+mod resume;
 mod run;
 mod sweep;
 mod train;
@@ -108,14 +109,24 @@ training_curves.png and confusion_matrix.png.
 Examples:
   infera train --config configs/fashion_mnist.toml
   infera train optimizer.lr=0.0005 train.epochs=5
-  infera train model=resnet_small optimizer=sgd")]
+  infera train model=resnet_small optimizer=sgd
+  infera train --resume runs/20261122-101500-cnn    # after a crash or kill
+
+Every epoch also leaves a resume point in checkpoints/last-<epoch>/ (weights, optimizer
+state, loop state), switched in atomically by checkpoints/last.json.")]
 struct TrainArgs {
     #[command(flatten)]
     common: Common,
 
     /// Run id (folder name). Default: date-time and architecture.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     run_id: Option<String>,
+
+    /// Continue an interrupted run (e.g. runs/20261122-101500-cnn) from its last finished
+    /// epoch, with its own config.toml: weights, optimizer state, LR schedule position, RNG
+    /// and early stopping carry on, so it ends as an uninterrupted run would.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -259,17 +270,42 @@ fn options(common: &Common, run_dir: PathBuf, evaluate_test: bool) -> run::RunOp
         mlflow_uri: common.mlflow_uri.clone(),
         mlflow_experiment: common.mlflow_experiment.clone(),
         start: Default::default(),
+        resume: false,
     }
 }
 
 fn train_cmd(args: TrainArgs) -> anyhow::Result<()> {
-    let (recipe, table) = load_recipe(&args.common)?;
-    let id = args.run_id.unwrap_or_else(|| run::new_run_id(&recipe));
-    let run_dir = args.common.runs_dir.join(&id);
+    let (recipe, table, run_dir) = match &args.resume {
+        Some(dir) => {
+            if !args.common.overrides.is_empty() {
+                bail!(
+                    "--resume continues the run with its own config.toml; drop the KEY=VALUE overrides"
+                );
+            }
+            let path = dir.join("config.toml");
+            if !path.is_file() {
+                bail!("{} is not a run folder (no config.toml)", dir.display());
+            }
+            let table = infera_train::config::load(&path, &[])?;
+            let recipe = Recipe::from_table(table.clone())
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+            (recipe, table, dir.clone())
+        }
+        None => {
+            let (recipe, table) = load_recipe(&args.common)?;
+            let id = args.run_id.unwrap_or_else(|| run::new_run_id(&recipe));
+            (recipe, table, args.common.runs_dir.join(&id))
+        }
+    };
     if run_dir.join("metrics.json").exists() {
-        bail!("run {} exists; pass another --run-id", run_dir.display());
+        match args.resume {
+            Some(_) => bail!("run {} has finished; nothing to resume", run_dir.display()),
+            None => bail!("run {} exists; pass another --run-id", run_dir.display()),
+        }
     }
-    let result = run::run(&recipe, &table, options(&args.common, run_dir, true))?;
+    let mut opts = options(&args.common, run_dir, true);
+    opts.resume = args.resume.is_some();
+    let result = run::run(&recipe, &table, opts)?;
     println!(
         "\nrun {}: best epoch {} (validation accuracy {:.2}%), {:.1} s/epoch",
         result.run_dir.display(),
@@ -436,6 +472,7 @@ fn prune_cmd(args: PruneArgs) -> anyhow::Result<()> {
                 Box::new(move |c: model::Classifier| c.map(&mut prune::KeepZero(&m)))
                     as Box<dyn Fn(model::Classifier) -> model::Classifier>
             }),
+            resume: None,
         };
         let result = run::run(&recipe, &table, opts)?;
         result.test.map(|t| t.accuracy)

@@ -18,6 +18,7 @@ use crate::dataset::{self, IMAGE_SIDE};
 use crate::mlflow::{self, Mlflow};
 use crate::model::Classifier;
 use crate::recipe::Recipe;
+use crate::resume::{self, LoopState};
 use crate::train::{self, EpochSink};
 
 pub struct RunOptions {
@@ -32,6 +33,8 @@ pub struct RunOptions {
     pub mlflow_experiment: String,
     /// Start from these weights instead of a fresh model (fine-tuning).
     pub start: train::Start,
+    /// Continue the run in `run_dir` from its last resume point.
+    pub resume: bool,
 }
 
 pub struct RunResult {
@@ -108,6 +111,25 @@ impl EpochSink for Sink<'_> {
         }
         Ok(())
     }
+
+    fn resume_point(
+        &mut self,
+        model: &Classifier,
+        optimizer: &burn::optim::ModuleOptimizer,
+        state: &LoopState,
+    ) -> anyhow::Result<()> {
+        let Some(last) = state.history.last() else {
+            return Ok(());
+        };
+        let cfg = self.checkpoint_config(last);
+        resume::save(
+            &self.run_dir.join("checkpoints"),
+            model,
+            &cfg,
+            optimizer,
+            state,
+        )
+    }
 }
 
 pub fn run(
@@ -115,16 +137,33 @@ pub fn run(
     resolved: &toml::Table,
     mut opts: RunOptions,
 ) -> anyhow::Result<RunResult> {
-    let start = std::mem::take(&mut opts.start);
+    let mut start = std::mem::take(&mut opts.start);
     let opts = &opts;
     let run_dir = &opts.run_dir;
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
-    std::fs::write(
-        run_dir.join("config.toml"),
-        toml::to_string_pretty(resolved)?,
-    )?;
-    let mut log = std::fs::File::create(run_dir.join("train.log"))?;
+    let mut log = if opts.resume {
+        let resumed = resume::load(&run_dir.join("checkpoints"), &opts.device)?;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(run_dir.join("train.log"))?;
+        let line = format!(
+            "resuming {} after epoch {}",
+            run_dir.display(),
+            resumed.state.epoch
+        );
+        println!("{line}");
+        writeln!(log, "{line}")?;
+        start.resume = Some(resumed);
+        log
+    } else {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("cannot create {}", run_dir.display()))?;
+        std::fs::write(
+            run_dir.join("config.toml"),
+            toml::to_string_pretty(resolved)?,
+        )?;
+        std::fs::File::create(run_dir.join("train.log"))?
+    };
     writeln!(
         log,
         "run {} with {}",

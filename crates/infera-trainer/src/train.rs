@@ -18,6 +18,7 @@ use infera_train::plots::EpochRecord;
 use crate::augment::augment;
 use crate::model::Classifier;
 use crate::recipe::{AugmentConfig, OptimizerName, Recipe};
+use crate::resume::{self, LoopState, Resumed};
 
 /// Called after every epoch with its record (checkpointing, logging, MLflow).
 pub trait EpochSink {
@@ -27,6 +28,16 @@ pub trait EpochSink {
         model: &Classifier,
         best: bool,
     ) -> anyhow::Result<()>;
+
+    /// Called after `epoch_end` with everything a resumed run needs (default: not kept).
+    fn resume_point(
+        &mut self,
+        _model: &Classifier,
+        _optimizer: &ModuleOptimizer,
+        _state: &LoopState,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 pub struct TrainSummary {
@@ -126,6 +137,14 @@ fn optimizer(recipe: &Recipe) -> ModuleOptimizer {
 pub struct Start {
     pub model: Option<Classifier>,
     pub after_step: Option<Box<dyn Fn(Classifier) -> Classifier>>,
+    /// Continue an interrupted run from its last finished epoch.
+    pub resume: Option<Resumed>,
+}
+
+/// The device RNG (dropout) is seeded afresh each epoch, so a resumed run draws what an
+/// uninterrupted one would without saving the backend's RNG.
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Trains `recipe.model` on `train`, choosing by accuracy on `validation`.
@@ -142,25 +161,46 @@ pub fn train(
 ) -> anyhow::Result<TrainSummary> {
     device.seed(recipe.seed);
     let ad = device.clone().autodiff();
-    let mut model = match start.model {
-        Some(m) => m.to_device(&ad).train(),
-        None => recipe.model.init(classes, &ad),
-    };
     let mut optim = optimizer(recipe);
+    let mut rng = Rng::new(recipe.seed ^ 0x5EED_0FDA_7A00);
+    let mut history = Vec::new();
+    let (mut best_acc, mut best_epoch, mut since_best) = (-1.0f64, 0usize, 0usize);
+    let mut stopped_early = false;
+    let mut first_epoch = 1;
+    let mut model = match (start.resume, start.model) {
+        (Some(r), _) => {
+            let model = resume::with_param_ids(r.model.to_device(&ad).train(), &r.state.param_ids)?;
+            optim = optim.load(&r.optimizer_file).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the optimizer state {}: {e}",
+                    r.optimizer_file.display()
+                )
+            })?;
+            let st = r.state;
+            rng = Rng::new(st.rng);
+            (best_acc, best_epoch, since_best) = (st.best_accuracy, st.best_epoch, st.since_best);
+            stopped_early = st.stopped_early;
+            history = st.history;
+            first_epoch = st.epoch + 1;
+            model
+        }
+        (None, Some(m)) => m.to_device(&ad).train(),
+        (None, None) => recipe.model.init(classes, &ad),
+    };
     let mut loss_fn = CrossEntropyLossConfig::new();
     if recipe.train.label_smoothing > 0.0 {
         loss_fn = loss_fn.with_smoothing(Some(recipe.train.label_smoothing));
     }
     let loss_fn = loss_fn.init(&ad);
-    let mut rng = Rng::new(recipe.seed ^ 0x5EED_0FDA_7A00);
     let epochs = recipe.train.epochs;
     let batch = recipe.train.batch_size;
     let steps = train.len().div_ceil(batch);
-    let mut history = Vec::new();
-    let (mut best_acc, mut best_epoch, mut since_best) = (-1.0f64, 0usize, 0usize);
-    let mut stopped_early = false;
+    if stopped_early {
+        first_epoch = epochs + 1;
+    }
 
-    for epoch in 1..=epochs {
+    for epoch in first_epoch..=epochs {
+        device.seed(epoch_seed(recipe.seed, epoch));
         let started = Instant::now();
         let mut order: Vec<usize> = (0..train.len()).collect();
         rng.shuffle(&mut order);
@@ -236,6 +276,19 @@ pub fn train(
         let patience = recipe.train.early_stopping_patience;
         if patience > 0 && since_best >= patience && epoch < epochs {
             stopped_early = true;
+        }
+        let state = LoopState {
+            epoch,
+            rng: rng.state(),
+            best_accuracy: best_acc,
+            best_epoch,
+            since_best,
+            stopped_early,
+            history: history.clone(),
+            param_ids: resume::param_ids(&model),
+        };
+        sink.resume_point(&eval, &optim, &state)?;
+        if stopped_early {
             tracing::info!(
                 epoch,
                 best_epoch,
