@@ -5,11 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python-env.sh test
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/infera/target}
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT
-maturin build --release -m crates/infera-python/Cargo.toml -o "$wheels" --quiet
+wheel=$(scripts/build-wheel.sh "$wheels")
 venv=$HOME/.cache/infera/venv-wheel-bench
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall "$wheels"/infera-*.whl
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall "$wheel"
 cd bench && "$venv/bin/python" python_bench.py

@@ -6,14 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python-env.sh test
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/infera/target}
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT
-maturin build --release -m crates/infera-python/Cargo.toml -o "$wheels" --quiet
+wheel=$(scripts/build-wheel.sh "$wheels")
 WHEEL_VENV=${WHEEL_VENV:-$HOME/.cache/infera/venv-wheel}
 rm -rf "$WHEEL_VENV"
 python3 -m venv "$WHEEL_VENV"
-"$WHEEL_VENV/bin/python" -m pip install -q --disable-pip-version-check "$wheels"/infera-*.whl -r scripts/requirements-wheel-test.txt
+"$WHEEL_VENV/bin/python" -m pip install -q --disable-pip-version-check "$wheel" -r scripts/requirements-wheel-test.txt
 cd tests/python_package
 # Run from the test folder, so `import infera` is the installed wheel, not a source tree.
 "$WHEEL_VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
