@@ -8,8 +8,8 @@ use burn::nn::Linear;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use prost::Message;
-use tract_onnx::pb::{
-    self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+use infera_proto::onnx::{
+    self as pb, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
     TensorShapeProto, TypeProto, ValueInfoProto,
     attribute_proto::AttributeType,
     tensor_proto::DataType,
