@@ -7,7 +7,6 @@ use anyhow::Context;
 use burn::nn::Linear;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
-use prost::Message;
 use infera_proto::onnx::{
     self as pb, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
     TensorShapeProto, TypeProto, ValueInfoProto,
@@ -15,6 +14,7 @@ use infera_proto::onnx::{
     tensor_proto::DataType,
     tensor_shape_proto::{Dimension, dimension},
 };
+use prost::Message;
 
 use crate::model::{Classifier, ConvBn, NORM_SCALE, NORM_SHIFT, Residual};
 
