@@ -26,3 +26,21 @@ bench_build() {
   case $target in /*) ;; *) target=$PWD/$target ;; esac
   export INFERA_BIN="$target/release/infera"
 }
+
+# bench_baseline  with BENCH_BASELINE_REV set: builds infera at that revision in a git worktree
+#                 (same target dir, so only infera's own crates rebuild) and exports
+#                 BENCH_BASELINE_BIN, for a before/after in one run
+bench_baseline() {
+  [ -n "${BENCH_BASELINE_REV:-}" ] || return 0
+  local dir=${TMPDIR:-/tmp}/infera-baseline
+  git worktree remove --force "$dir" 2>/dev/null || true
+  git worktree add --detach "$dir" "$BENCH_BASELINE_REV" >/dev/null
+  (cd "$dir" && CARGO_TARGET_DIR="$target" cargo build --release --bin infera -p infera 2>&1 | tail -1)
+  mkdir -p "$target/baseline"
+  cp "$target/release/infera" "$target/baseline/infera"
+  git worktree remove --force "$dir"
+  # The baseline build replaced this one's binary; this build's units are still fresh, so this
+  # only puts the binary back.
+  cargo build --release --bin infera -p infera 2>&1 | tail -1
+  export BENCH_BASELINE_BIN="$target/baseline/infera"
+}

@@ -3,6 +3,8 @@ the FastAPI + onnxruntime reference (bench/fastapi_reference.py), same machine, 
 load generator (hey), levels interleaved so both see the same noise.
 
     bench/predict_bench.sh          # installs hey and the pinned packages, builds, runs, prints Markdown
+    BENCH_BASELINE_REV=<git rev> bench/predict_bench.sh   # also an infera built from that revision,
+                                                          # same run: before/after of a change
 """
 import gzip
 import io
@@ -25,6 +27,7 @@ REPO = ROOT / "examples" / "model_repository"
 BIN = os.environ["INFERA_BIN"]
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 WORKERS = os.environ.get("BENCH_WORKERS", "2")
+BASELINE_BIN = os.environ.get("BENCH_BASELINE_BIN")
 LEVELS = [1, 2, 4, 8, 16]
 
 
@@ -89,16 +92,21 @@ def main():
     png_file.write(png)
     png_file.close()
 
-    ip, fp = port(), port()
-    infera = subprocess.Popen([BIN, "serve", "--model-repository", str(REPO), "--http-port", str(ip),
-                               "--grpc-port", str(port()), "--metrics-port", str(port())],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start_infera(binary):
+        p = port()
+        proc = subprocess.Popen([binary, "serve", "--model-repository", str(REPO), "--http-port", str(p),
+                                 "--grpc-port", str(port()), "--metrics-port", str(port())],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return f"http://127.0.0.1:{p}/predict", proc
+
+    fp = port()
     fastapi = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"),
                                 "fastapi_reference:app", "--workers", WORKERS, "--port", str(fp),
                                 "--log-level", "warning", "--no-access-log"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    targets = {"infera": (f"http://127.0.0.1:{ip}/predict", infera),
-               "fastapi": (f"http://127.0.0.1:{fp}/predict", fastapi)}
+    targets = {"infera": start_infera(BIN), "fastapi": (f"http://127.0.0.1:{fp}/predict", fastapi)}
+    if BASELINE_BIN:
+        targets["baseline"] = start_infera(BASELINE_BIN)
     try:
         answers = {name: wait_ready(url, png, proc) for name, (url, proc) in targets.items()}
         time.sleep(2)  # let every uvicorn worker come up
@@ -131,6 +139,15 @@ def main():
         a, b = results[("infera", c)], results[("fastapi", c)]
         print(f"| {c} | {a['rps']:.0f} | {b['rps']:.0f} | {a['rps'] / b['rps']:.1f}x | {a['p50']:.2f} / {a['p95']:.2f} "
               f"| {b['p50']:.2f} / {b['p95']:.2f} | {a['cores']:.2f} / {b['cores']:.2f} | {a['errors']} / {b['errors']} |")
+    if BASELINE_BIN:
+        print(f"\nThis build against the baseline build ({BASELINE_BIN}), same run; CPU per request = cores / req/s:")
+        print("\n| concurrency | infera req/s | baseline req/s | ratio | infera / baseline p95 ms | CPU µs·core per request infera / baseline | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for c in LEVELS:
+            a, b = results[("infera", c)], results[("baseline", c)]
+            ca, cb = a["cores"] / a["rps"] * 1e6, b["cores"] / b["rps"] * 1e6
+            print(f"| {c} | {a['rps']:.0f} | {b['rps']:.0f} | {a['rps'] / b['rps']:.2f}x | {a['p95']:.2f} / {b['p95']:.2f} "
+                  f"| {ca:.0f} / {cb:.0f} | {ca / cb:.2f} |")
     a, b = results[("infera", 16)], results[("fastapi", 16)]
     print(f"\nAt concurrency 16: {a['rps'] / b['rps']:.1f}x the reference's throughput (target ≥ 5x), "
           f"p95 {a['p95']:.2f} ms (target ≤ 10 ms).")

@@ -30,11 +30,13 @@ export LD_LIBRARY_PATH="$cuda_lib:${LD_LIBRARY_PATH:-}"
 
 echo "== cargo fmt / clippy"
 cargo fmt --all -- --check
-cargo clippy --release --all-targets -- -D warnings
+# The tests cover the opt-in tract runtime too (and one set of features builds everything once).
+features=(--features infera/tract)
+cargo clippy --release --workspace --all-targets "${features[@]}" -- -D warnings
 echo "== cargo test"
-cargo test --release --workspace
+cargo test --release --workspace "${features[@]}"
 echo "== build"
-cargo build --release --bin infera --bin infera-trainer
+cargo build --release --bin infera --bin infera-trainer "${features[@]}"
 target=${CARGO_TARGET_DIR:-target}
 case $target in /*) ;; *) target=$PWD/$target ;; esac
 export INFERA_BIN="$target/release/infera"

@@ -25,6 +25,11 @@ use infera_core::{DataType, Tensor, TensorData};
 
 pub struct ImageBackend;
 
+/// A request of encoded images runs on the caller's thread (see [`Session::fits_inline`]) up
+/// to this many pixels in all (128×128) and this many bytes per image.
+const INLINE_MAX_PIXELS: u64 = 128 * 128;
+const INLINE_MAX_BYTES: usize = 64 * 1024;
+
 /// Default `max_pixels`: a 40-megapixel photo.
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 /// The largest `max_pixels` a config may set (a decoded image then takes up to 512 MiB).
@@ -273,6 +278,17 @@ impl Pipeline {
         }
     }
 
+    /// The pixel count an encoded image's header announces (no decoding); `None` when the
+    /// header cannot be read.
+    pub fn header_pixels(bytes: &[u8]) -> Option<u64> {
+        let (w, h) = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .ok()?
+            .into_dimensions()
+            .ok()?;
+        Some(u64::from(w) * u64::from(h))
+    }
+
     /// Decodes one encoded image and turns it into the output layout (row-major values).
     pub fn process(&self, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), String> {
         if bytes.is_empty() {
@@ -444,6 +460,10 @@ impl Backend for ImageBackend {
         false
     }
 
+    fn runs_inline(&self) -> bool {
+        true
+    }
+
     fn load(&self, _: &Path, o: &LoadOptions) -> Result<Box<dyn Session>, BackendError> {
         let fail = |reason| BackendError::Load {
             path: "image_preprocess parameters".into(),
@@ -493,6 +513,25 @@ struct ImageSession {
 impl Session for ImageSession {
     fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    /// Small images only (a thumbnail decodes in tens of microseconds; a photo takes
+    /// milliseconds, which belong on a worker thread, not on the async runtime's).
+    fn fits_inline(&self, inputs: &[Tensor]) -> bool {
+        let Some(TensorData::Strings(images)) = inputs.first().map(|t| &t.data) else {
+            return false;
+        };
+        let mut pixels = 0u64;
+        for img in images.iter() {
+            if img.len() > INLINE_MAX_BYTES {
+                return false;
+            }
+            match Pipeline::header_pixels(img) {
+                Some(p) => pixels = pixels.saturating_add(p),
+                None => return false,
+            }
+        }
+        pixels <= INLINE_MAX_PIXELS
     }
 
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {

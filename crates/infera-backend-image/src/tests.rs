@@ -233,3 +233,27 @@ fn configs_that_would_need_huge_buffers_are_refused() {
     .unwrap();
     assert!(e.contains("max_pixels"), "{e}");
 }
+
+#[test]
+fn only_small_images_run_on_the_callers_thread() {
+    let o = LoadOptions {
+        parameters: params(&[("width", "28"), ("height", "28")]),
+        max_batch_size: 8,
+        ..Default::default()
+    };
+    let session = ImageBackend.load(Path::new(""), &o).unwrap();
+    let images = |imgs: Vec<Vec<u8>>| {
+        let n = imgs.len();
+        vec![Tensor::from_strings(vec![n, 1], imgs.into_iter().map(Into::into).collect()).unwrap()]
+    };
+    let square = |side| png(&DynamicImage::ImageLuma8(image::GrayImage::new(side, side)));
+    assert!(ImageBackend.runs_inline());
+    assert!(session.fits_inline(&images(vec![square(28)])));
+    assert!(session.fits_inline(&images(vec![square(64); 4])));
+    // Over 128×128 pixels in all, one image or several: a worker's job.
+    assert!(!session.fits_inline(&images(vec![square(129)])));
+    assert!(!session.fits_inline(&images(vec![square(64); 5])));
+    // A header that cannot be read goes to a worker, which gives the error.
+    assert!(!session.fits_inline(&images(vec![b"not an image".to_vec()])));
+    assert!(!session.fits_inline(&[]));
+}

@@ -162,6 +162,10 @@ impl Backend for ClassifyBackend {
         false
     }
 
+    fn runs_inline(&self) -> bool {
+        true
+    }
+
     fn load(&self, _: &Path, o: &LoadOptions) -> Result<Box<dyn Session>, BackendError> {
         let post = Postprocess::from_options(o).map_err(|reason| BackendError::Load {
             path: "classify_postprocess parameters".into(),
@@ -204,6 +208,11 @@ struct ClassifySession {
 impl Session for ClassifySession {
     fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    /// A softmax and top-k over up to 64k scores takes tens of microseconds.
+    fn fits_inline(&self, inputs: &[Tensor]) -> bool {
+        inputs.iter().map(Tensor::element_count).sum::<usize>() <= 1 << 16
     }
 
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {

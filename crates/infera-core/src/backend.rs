@@ -68,6 +68,12 @@ pub trait Backend: Send + Sync {
     fn needs_model_file(&self) -> bool {
         true
     }
+    /// True for backends whose small requests cost microseconds (image decoding, softmax):
+    /// the server then keeps extra sessions to run such requests on the caller's thread, where
+    /// a hand-off to a worker thread would cost more than the run ([`Session::fits_inline`]).
+    fn runs_inline(&self) -> bool {
+        false
+    }
     fn load(
         &self,
         model_file: &Path,
@@ -97,4 +103,11 @@ pub trait Session: Send {
     fn signature(&self) -> &Signature;
     /// Runs the model; inputs are in signature order, outputs come back in signature order.
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
+    /// Whether these inputs are small enough to run on the caller's thread (an async
+    /// runtime's: it must take tens of microseconds, not milliseconds). Only asked of
+    /// backends that [`Backend::runs_inline`].
+    fn fits_inline(&self, inputs: &[Tensor]) -> bool {
+        let _ = inputs;
+        false
+    }
 }

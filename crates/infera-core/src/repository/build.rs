@@ -91,7 +91,9 @@ impl ModelRepository {
             max_batch_size: cfg.max_batch_size.max(0) as usize,
         };
 
-        let mut loaded: BTreeMap<i64, Vec<Box<dyn Session>>> = BTreeMap::new();
+        // Per version: the instances' sessions, then the inline ones.
+        type Sessions = Vec<Box<dyn Session>>;
+        let mut loaded: BTreeMap<i64, (Sessions, Sessions)> = BTreeMap::new();
         let mut openers: Option<BTreeMap<i64, SessionOpener>> = Some(BTreeMap::new());
         let mut signature: Option<Signature> = None;
         for &v in &versions {
@@ -143,6 +145,18 @@ impl ModelRepository {
                 .map_err(|e| ServeError::invalid(format!("model '{name}': {e}")))?;
                 sessions.push(s);
             }
+            // Cheap backends also run small requests on the callers' threads: one session per
+            // core, beside the instances (see the scheduler's `inline` module).
+            let mut inline = Vec::new();
+            if backend.runs_inline() && plain.is_none() {
+                for _ in 0..inline_sessions() {
+                    inline.push(
+                        backend
+                            .load(&path, &options)
+                            .map_err(|e| ServeError::invalid(format!("model '{name}': {e}")))?,
+                    );
+                }
+            }
             let sig = sessions[0].signature().clone();
             match &signature {
                 None => {
@@ -157,14 +171,14 @@ impl ModelRepository {
                 }
                 Some(_) => {}
             }
-            loaded.insert(v, sessions);
+            loaded.insert(v, (sessions, inline));
         }
         let signature = signature.unwrap_or_default();
         config::validate(&cfg, name).map_err(fail)?;
         let (inputs, outputs) = bind_io(&cfg, &signature, dir).map_err(fail)?;
         let policy = policy::batch_policy(&cfg, &signature, self.options.max_queue);
         let mut version_map = BTreeMap::new();
-        for (v, sessions) in loaded {
+        for (v, (sessions, inline)) in loaded {
             let stats = Arc::new(ModelStats::default());
             let metrics = self.metrics.for_version(name, v);
             let scheduler = Scheduler::new(
@@ -177,6 +191,7 @@ impl ModelRepository {
             .map_err(|e| {
                 ServeError::internal(format!("model '{name}': cannot start workers: {e}"))
             })?;
+            scheduler.add_inline_sessions(inline);
             version_map.insert(
                 v,
                 Arc::new(ModelVersion {
@@ -281,4 +296,9 @@ impl ModelRepository {
         }
         Ok(chosen)
     }
+}
+
+/// One inline session per core: more could never run at once.
+fn inline_sessions() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(64))
 }

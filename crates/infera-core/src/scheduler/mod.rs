@@ -145,6 +145,8 @@ struct Shared {
     item_cost_ns: AtomicU64,
     /// Batches taken and not yet answered.
     running: AtomicUsize,
+    /// Sessions for requests run on the caller's thread ([`inline`]).
+    inline: Mutex<Vec<Box<dyn Session>>>,
 }
 
 /// The queue and workers of one model version. Dropping it lets the workers finish
@@ -183,6 +185,7 @@ impl Scheduler {
             metrics,
             item_cost_ns: AtomicU64::new(0),
             running: AtomicUsize::new(0),
+            inline: Mutex::new(Vec::new()),
         });
         let scheduler = Scheduler { shared };
         for session in sessions {
@@ -717,6 +720,7 @@ fn run_batch(
     Ok((per_request, t1 - t0, t2 - t1, t2.elapsed()))
 }
 
+mod inline;
 mod split;
 #[cfg(test)]
 mod tests;

@@ -21,9 +21,14 @@ const MIN_PART_RUN: Duration = Duration::from_micros(250);
 static NEXT_GROUP: AtomicU64 = AtomicU64::new(0);
 
 impl Scheduler {
-    /// Runs a job and waits for its outputs, cutting it across idle instances when that
-    /// finishes it sooner (see the module comment).
+    /// Runs a job and waits for its outputs: on this thread when it is small and cheap
+    /// (see `inline`), else through the queue, cut across idle instances when that finishes
+    /// it sooner (see the module comment).
     pub async fn run(&self, job: Job) -> ServeResult<JobOutput> {
+        let job = match self.run_inline(job) {
+            Ok(result) => return result,
+            Err(job) => job,
+        };
         let parts = self.shared.parts_for(&job);
         if parts < 2 {
             return answer(self.submit(job)?).await;

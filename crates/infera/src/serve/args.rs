@@ -49,7 +49,7 @@ pub struct ServeArgs {
     pub(super) max_model_bytes: u64,
 
     /// Path to libonnxruntime (file or directory). Default: ORT_DYLIB_PATH, else the
-    /// `onnxruntime` Python wheel if installed. Without it, infera falls back to tract.
+    /// `onnxruntime` Python wheel if installed. Without it, infera falls back to tract in builds with the `tract` feature.
     #[arg(long, env = "INFERA_ONNXRUNTIME_LIB", value_name = "PATH")]
     pub(super) onnxruntime_lib: Option<PathBuf>,
 

@@ -37,11 +37,11 @@ pub(crate) fn backends(onnxruntime_lib: Option<&std::path::Path>) -> Backends {
                 b.onnxruntime = Some(Arc::new(ort) as Arc<dyn Backend>);
             }
             Err(e) => {
-                warn!(error = %e, "ONNX Runtime could not be loaded; falling back to tract where built in")
+                warn!(error = %e, "ONNX Runtime could not be loaded; falling back to tract if this build has it (--features tract)")
             }
         },
         None => warn!(
-            "ONNX Runtime not found (no --onnxruntime-lib, ORT_DYLIB_PATH or `onnxruntime` wheel); falling back to tract where built in"
+            "ONNX Runtime not found (no --onnxruntime-lib, ORT_DYLIB_PATH or `onnxruntime` wheel); falling back to tract if this build has it (--features tract)"
         ),
     }
     b.others
@@ -54,7 +54,7 @@ pub(crate) fn backends(onnxruntime_lib: Option<&std::path::Path>) -> Backends {
     }
     if b.onnxruntime.is_none() && b.tract.is_none() {
         warn!(
-            "no runtime available: this build has no tract backend and ONNX Runtime was not found"
+            "no runtime for ONNX models: ONNX Runtime was not found (`pip install onnxruntime`, ORT_DYLIB_PATH or --onnxruntime-lib) and this build has no tract fallback (build with --features infera/tract)"
         );
     }
     b

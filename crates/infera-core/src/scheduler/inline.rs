@@ -1,0 +1,220 @@
+//! Running small, cheap requests on the caller's thread.
+//!
+//! Decoding a 28×28 PNG or a softmax over ten scores takes a few microseconds; handing the
+//! request to a worker thread and the answer back costs more than that (two context switches,
+//! each tens of microseconds on a busy machine). For backends that say their sessions are
+//! cheap ([`crate::backend::Backend::runs_inline`]), the scheduler keeps a few extra sessions
+//! and runs a request right where it arrives when the session says it is small
+//! ([`Session::fits_inline`]) and nothing is queued ahead of it. Statistics, metrics and
+//! trace spans are the same as for a worker's run.
+
+use std::time::Instant;
+
+use super::{Job, JobResult, Pending, Scheduler, execute, job_is_online};
+use crate::backend::Session;
+
+impl Scheduler {
+    /// Adds sessions that small requests run on from the caller's thread (see the module
+    /// comment). Without any, every request goes through the queue.
+    pub fn add_inline_sessions(&self, sessions: Vec<Box<dyn Session>>) {
+        self.shared.inline.lock().extend(sessions);
+    }
+
+    /// Runs `job` here and now if it can; otherwise gives it back for the queue.
+    pub(super) fn run_inline(&self, job: Job) -> Result<JobResult, Job> {
+        let s = &self.shared;
+        if !job_is_online(&job) {
+            return Err(job);
+        }
+        // A free inline session, taken out of the pool so the run holds no lock.
+        let Some(mut session) = s.inline.try_lock().and_then(|mut pool| pool.pop()) else {
+            return Err(job);
+        };
+        let go = session.fits_inline(&job.inputs) && {
+            // Never ahead of queued requests, and not once the model is being unloaded.
+            let q = s.queues.lock();
+            q.len == 0 && !q.shutdown
+        };
+        if !go {
+            s.inline.lock().push(session);
+            return Err(job);
+        }
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            job,
+            enqueued: Instant::now(),
+            deadline: None,
+            tx,
+            // No wait: the "queue" span closes at once, so traces keep their shape.
+            queue_span: tracing::Span::none(),
+            parent: tracing::Span::current(),
+            part_of: None,
+        };
+        {
+            let _queue = tracing::debug_span!(parent: &pending.parent, "queue", model = %s.model);
+        }
+        // `execute` gives back one count of `running`, as for a worker's batch.
+        s.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        execute(s, session.as_mut(), vec![pending]);
+        s.inline.lock().push(session);
+        Ok(rx.try_recv().unwrap_or_else(|_| {
+            Err(crate::error::ServeError::internal(format!(
+                "model '{}' gave no answer",
+                s.model
+            )))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::thread::ThreadId;
+    use std::time::Duration;
+
+    use parking_lot::{Condvar, Mutex};
+
+    use super::super::{BatchPolicy, Job, Scheduler};
+    use crate::backend::{BackendError, Session, Signature};
+    use crate::metrics::Metrics;
+    use crate::stats::ModelStats;
+    use crate::tensor::Tensor;
+
+    /// Echoes its input and logs the thread it ran on; fits inline up to two rows; a row
+    /// holding -1 panics; worker sessions can be held shut by a gate.
+    struct Probe {
+        sig: Signature,
+        threads: Arc<Mutex<Vec<ThreadId>>>,
+        gate: Option<Arc<(Mutex<bool>, Condvar)>>,
+    }
+
+    impl Session for Probe {
+        fn signature(&self) -> &Signature {
+            &self.sig
+        }
+        fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+            if let Some(gate) = &self.gate {
+                let mut open = gate.0.lock();
+                while !*open {
+                    gate.1.wait(&mut open);
+                }
+            }
+            assert!(
+                !inputs[0].to_vec::<f32>().unwrap().contains(&-1.0),
+                "a broken model"
+            );
+            self.threads.lock().push(std::thread::current().id());
+            Ok(vec![inputs[0].clone()])
+        }
+        fn fits_inline(&self, inputs: &[Tensor]) -> bool {
+            inputs[0].shape[0] <= 2
+        }
+    }
+
+    struct Rig {
+        sched: Scheduler,
+        stats: Arc<ModelStats>,
+        threads: Arc<Mutex<Vec<ThreadId>>>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+        rt: tokio::runtime::Runtime,
+    }
+
+    fn rig(worker_open: bool) -> Rig {
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new((Mutex::new(worker_open), Condvar::new()));
+        let probe = |gate: Option<Arc<(Mutex<bool>, Condvar)>>| {
+            Box::new(Probe {
+                sig: Signature::default(),
+                threads: threads.clone(),
+                gate,
+            }) as Box<dyn Session>
+        };
+        let stats = Arc::new(ModelStats::default());
+        let sched = Scheduler::new(
+            "m",
+            vec![probe(Some(gate.clone()))],
+            BatchPolicy {
+                max_batch_size: 8,
+                dynamic: None,
+                max_queue: 100,
+                split: false,
+            },
+            stats.clone(),
+            Metrics::new().for_version("m", 1),
+        )
+        .unwrap();
+        sched.add_inline_sessions(vec![probe(None)]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        Rig {
+            sched,
+            stats,
+            threads,
+            gate,
+            rt,
+        }
+    }
+
+    fn job(rows: usize, value: f32) -> Job {
+        Job {
+            inputs: vec![Tensor::from_slice(vec![rows, 1], &vec![value; rows]).unwrap()],
+            batch: rows,
+            priority: 0,
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn a_small_request_runs_on_the_callers_thread_and_is_counted() {
+        let r = rig(true);
+        let out = r.rt.block_on(r.sched.run(job(2, 7.0))).unwrap();
+        assert_eq!(out.outputs[0].to_vec::<f32>().unwrap(), [7.0, 7.0]);
+        assert_eq!(*r.threads.lock(), [std::thread::current().id()]);
+        let stats = r.stats.snapshot();
+        assert_eq!((stats.inference_count, stats.execution_count), (2, 1));
+    }
+
+    #[test]
+    fn a_large_request_goes_to_a_worker() {
+        let r = rig(true);
+        r.rt.block_on(r.sched.run(job(3, 1.0))).unwrap();
+        assert_ne!(*r.threads.lock(), [std::thread::current().id()]);
+    }
+
+    #[test]
+    fn a_small_request_does_not_overtake_queued_ones() {
+        let r = rig(false);
+        // The worker takes the first request and blocks on the gate; the second waits queued.
+        let first = r.sched.submit(job(3, 1.0)).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let second = r.sched.submit(job(3, 2.0)).unwrap();
+        let opener = {
+            let gate = r.gate.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                *gate.0.lock() = true;
+                gate.1.notify_all();
+            })
+        };
+        let out = r.rt.block_on(r.sched.run(job(1, 3.0))).unwrap();
+        assert_eq!(out.outputs[0].to_vec::<f32>().unwrap(), [3.0]);
+        opener.join().unwrap();
+        first.blocking_recv().unwrap().unwrap();
+        second.blocking_recv().unwrap().unwrap();
+        // All three ran on the worker, in order.
+        let threads = r.threads.lock();
+        assert_eq!(threads.len(), 3);
+        assert!(threads.iter().all(|t| *t != std::thread::current().id()));
+    }
+
+    #[test]
+    fn a_panicking_inline_run_fails_only_that_request() {
+        let r = rig(true);
+        let e = r.rt.block_on(r.sched.run(job(1, -1.0))).unwrap_err();
+        assert!(e.message.contains("runtime failed"), "{}", e.message);
+        // The inline session went back to the pool and serves the next request.
+        r.rt.block_on(r.sched.run(job(1, 5.0))).unwrap();
+        assert_eq!(*r.threads.lock(), [std::thread::current().id()]);
+    }
+}
