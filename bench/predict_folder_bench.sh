@@ -3,6 +3,7 @@
 # beside the in-process ONNX Runtime batch-64 throughput of the same CNN (floor example, 2
 # threads, same backend) measured in the same run. Three rounds, interleaved; prints Markdown.
 #   BENCH_BATCH=64 (--batch-size)  BENCH_WORKERS=4 (--workers)
+#   BENCH_REPO=examples/model_repository (a copy with other instance counts, for comparisons)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python-env.sh test
@@ -26,7 +27,7 @@ echo "| round | infera predict images/s | in-process batch-64 images/s | ratio |
 echo "|---|---|---|---|"
 for round in 1 2 3; do
   start=$(date +%s.%N)
-  "$target/release/infera" predict --model-repository examples/model_repository --model fashion_mnist_image \
+  "$target/release/infera" predict --model-repository "${BENCH_REPO:-examples/model_repository}" --model fashion_mnist_image \
     --input "$work/pngs" --output "$work/p.csv" --batch-size "${BENCH_BATCH:-64}" --workers "${BENCH_WORKERS:-4}" \
     --overwrite 2>/dev/null
   end=$(date +%s.%N)

@@ -5,7 +5,6 @@
 //! checkpoint that matches a prefix of the partial files; resuming truncates them to it.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -69,26 +68,18 @@ impl RunPaths {
     }
 }
 
-/// fsync of the folder holding `path`, so a rename or a new file in it survives a crash.
+/// Makes a new or renamed entry in `path`'s folder durable.
 pub fn sync_dir(path: &Path) -> Result<(), BatchError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(BatchError::io("cannot sync folder", dir))
+    infera_core::durable::sync_parent(path).map_err(from_durable)
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new content.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BatchError> {
-    let tmp = with_suffix(path, ".tmp");
-    let mut f = File::create(&tmp).map_err(BatchError::io("cannot create", &tmp))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(BatchError::io("cannot write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(BatchError::io("cannot replace", path))?;
-    sync_dir(path)
+    infera_core::durable::write_atomic(path, bytes).map_err(from_durable)
+}
+
+fn from_durable(e: infera_core::durable::DurableError) -> BatchError {
+    BatchError::io(e.action, e.path)(e.source)
 }
 
 impl Checkpoint {
@@ -147,6 +138,7 @@ pub fn reopen_truncated(path: &Path, len: u64) -> Result<File, BatchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn checkpoint_round_trips_and_truncation_cuts_back() {
@@ -167,7 +159,7 @@ mod tests {
         let p = d.path().join("out.csv.checkpoint");
         c.save(&p).unwrap();
         assert_eq!(Checkpoint::load(&p).unwrap(), c);
-        assert!(!d.path().join("out.csv.checkpoint.tmp").exists());
+        assert!(!d.path().join("out.csv.checkpoint.part").exists());
         let part = d.path().join("out.csv.partial");
         std::fs::write(&part, b"hellogarbage").unwrap();
         let mut f = reopen_truncated(&part, 5).unwrap();

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod classify;
 pub mod config;
 pub mod datatype;
+pub mod durable;
 pub mod error;
 pub mod metrics;
 pub mod repository;

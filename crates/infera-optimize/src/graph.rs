@@ -40,10 +40,11 @@ pub fn save(model: &ModelProto, path: &Path) -> Result<u64, OptimizeError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    // Written next to the target and renamed, so a failed write never leaves half a model.
-    let tmp = path.with_extension("onnx.part");
-    std::fs::write(&tmp, &bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
+    // A failed write or a crash never leaves half a model.
+    infera_core::durable::write_atomic(path, &bytes).map_err(|e| OptimizeError::Io {
+        path: e.path.display().to_string(),
+        reason: format!("{}: {}", e.action, e.source),
+    })?;
     Ok(bytes.len() as u64)
 }
 

@@ -56,9 +56,7 @@ pub fn save(dir: &Path, model: &Classifier, config: &CheckpointConfig) -> anyhow
         .save_into(&mut store)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, dir.join(WEIGHTS))?;
-    let json = serde_json::to_vec_pretty(config)?;
-    std::fs::write(dir.join(format!("{CONFIG}.part")), json)?;
-    std::fs::rename(dir.join(format!("{CONFIG}.part")), dir.join(CONFIG))?;
+    infera_core::durable::write_atomic(&dir.join(CONFIG), &serde_json::to_vec_pretty(config)?)?;
     Ok(())
 }
 

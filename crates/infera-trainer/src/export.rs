@@ -39,9 +39,7 @@ pub fn write_repository_entry(
     std::fs::create_dir_all(&version_dir)
         .with_context(|| format!("cannot create {}", version_dir.display()))?;
     let model_path = version_dir.join("model.onnx");
-    let tmp = version_dir.join("model.onnx.part");
-    std::fs::write(&tmp, onnx)?;
-    std::fs::rename(&tmp, &model_path)?;
+    infera_core::durable::write_atomic(&model_path, onnx)?;
     std::fs::write(dir.join("labels.txt"), config.classes.join("\n") + "\n")?;
     let [c, h, w] = config.input.shape;
     let preferred: Vec<String> = [16, 32, 64]

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
+use infera_core::durable::write_atomic;
 use infera_train::plots::EpochRecord;
 use serde::{Deserialize, Serialize};
 
@@ -58,11 +59,10 @@ pub fn save(
         .map_err(|e| anyhow::anyhow!("cannot write the optimizer state: {e}"))?;
     std::fs::write(dir.join(STATE), serde_json::to_vec(state)?)?;
     sync_dir(&dir)?;
-    let tmp = checkpoints.join(format!("{POINTER}.part"));
-    std::fs::write(&tmp, serde_json::to_vec(&Pointer { dir: name.clone() })?)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, checkpoints.join(POINTER))?;
-    sync_dir(checkpoints)?;
+    write_atomic(
+        &checkpoints.join(POINTER),
+        &serde_json::to_vec(&Pointer { dir: name.clone() })?,
+    )?;
     // Older resume points are no longer needed once the pointer has moved.
     for entry in std::fs::read_dir(checkpoints)?.flatten() {
         let n = entry.file_name().to_string_lossy().into_owned();
