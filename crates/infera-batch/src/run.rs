@@ -158,30 +158,48 @@ async fn read_input(opts: &BatchOptions, root: &Path, input: &InputFile) -> Resu
             None => Err("URL inputs are not read here".into()),
         },
         Source::Path(rel) => {
-            let path = root.join(rel);
-            let meta = tokio::fs::metadata(&path)
+            let (path, limit) = (root.join(rel), opts.max_file_bytes);
+            // One hop to the blocking pool per file (open, size check and read together).
+            tokio::task::spawn_blocking(move || read_file(&path, limit))
                 .await
-                .map_err(|e| format!("cannot read: {e}"))?;
-            // A pipe or device would block the read forever (or never end).
-            if !meta.is_file() {
-                return Err("is not a regular file".into());
-            }
-            if meta.len() > opts.max_file_bytes {
-                return Err(format!(
-                    "is {} bytes, over the limit of {} bytes per input",
-                    meta.len(),
-                    opts.max_file_bytes
-                ));
-            }
-            let data = tokio::fs::read(&path)
-                .await
-                .map_err(|e| format!("cannot read: {e}"))?;
-            if data.is_empty() {
-                return Err("the image is empty: send the file's bytes".into());
-            }
-            Ok(Bytes::from(data))
+                .map_err(|e| format!("cannot read: {e}"))?
         }
     }
+}
+
+/// Reads a regular file of at most `limit` bytes. The size is checked on the open handle, so
+/// the file checked is the file read.
+fn read_file(path: &Path, limit: u64) -> Result<Bytes, String> {
+    use std::io::Read;
+    let not_regular = || Err("is not a regular file".into());
+    // A pipe or device would block the open or the read forever (or never end): checked on
+    // the path before opening, then again on the handle.
+    if !std::fs::metadata(path)
+        .map_err(|e| format!("cannot read: {e}"))?
+        .is_file()
+    {
+        return not_regular();
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return not_regular();
+    }
+    if meta.len() > limit {
+        return Err(format!(
+            "is {} bytes, over the limit of {limit} bytes per input",
+            meta.len()
+        ));
+    }
+    let mut data = Vec::with_capacity(meta.len().min(limit) as usize);
+    // A file that grew since the check is still read only up to the limit.
+    file.take(limit)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if data.is_empty() {
+        return Err("the image is empty: send the file's bytes".into());
+    }
+    Ok(Bytes::from(data))
 }
 
 /// A stream closure taking a borrowed item makes the whole run's future fail the `Send`
