@@ -60,6 +60,9 @@ impl std::fmt::Debug for dyn Fetch {
 const GROUP_BYTES: usize = 64 << 20;
 /// Inputs read (or downloaded) at once within a group.
 const READ_AHEAD: usize = 4;
+/// Local files read by one blocking task, at most, and the bytes after which it stops.
+const READ_SLICE: usize = 16;
+const READ_SLICE_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -202,6 +205,44 @@ fn read_file(path: &Path, limit: u64) -> Result<Bytes, String> {
     Ok(Bytes::from(data))
 }
 
+/// The files of an all-local group, read in order by the blocking pool a slice at a time (up to
+/// [`READ_SLICE`] files or [`READ_SLICE_BYTES`]): one hop per slice instead of one per file.
+fn local_reads(
+    root: &Path,
+    group: &[InputFile],
+    limit: u64,
+) -> impl futures::Stream<Item = (usize, Result<Bytes, String>)> + Send + 'static {
+    let files: std::collections::VecDeque<(usize, PathBuf)> = group
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| match &f.source {
+            Source::Path(rel) => Some((i, root.join(rel))),
+            _ => None,
+        })
+        .collect();
+    futures::stream::unfold(files, move |mut files| async move {
+        if files.is_empty() {
+            return None;
+        }
+        let (slice, rest) = tokio::task::spawn_blocking(move || {
+            let (mut slice, mut bytes) = (Vec::new(), 0usize);
+            while slice.len() < READ_SLICE && bytes < READ_SLICE_BYTES {
+                let Some((i, path)) = files.pop_front() else {
+                    break;
+                };
+                let read = read_file(&path, limit);
+                bytes += read.as_ref().map_or(0, Bytes::len);
+                slice.push((i, read));
+            }
+            (slice, files)
+        })
+        .await
+        .ok()?;
+        Some((futures::stream::iter(slice), rest))
+    })
+    .flatten()
+}
+
 /// A stream closure taking a borrowed item makes the whole run's future fail the `Send`
 /// check of `tokio::spawn` (rust-lang/rust#102211), so callers map over indices.
 /// A chunk goes to the model in requests of up to `max_batch` images, so each ensemble
@@ -236,9 +277,14 @@ async fn run_group(
     group: &[InputFile],
 ) -> Result<Vec<Outcome>, BatchError> {
     let mut outcomes: Vec<Option<Outcome>> = (0..group.len()).map(|_| None).collect();
-    let mut reads = futures::stream::iter(0..group.len())
-        .map(|i| async move { (i, read_input(opts, root, &group[i]).await) })
-        .buffered(READ_AHEAD);
+    let mut reads = if group.iter().all(|f| matches!(f.source, Source::Path(_))) {
+        local_reads(root, group, opts.max_file_bytes).boxed()
+    } else {
+        futures::stream::iter(0..group.len())
+            .map(|i| async move { (i, read_input(opts, root, &group[i]).await) })
+            .buffered(READ_AHEAD)
+            .boxed()
+    };
     let (mut images, mut at, mut held) = (Vec::new(), Vec::new(), 0usize);
     loop {
         let next = reads.next().await;
@@ -608,4 +654,61 @@ fn write_chunks(
         }
     }
     Ok(ck)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of a group comes back once, in order, across slices; a folder, an
+    /// oversized file and a missing one become errors in their places.
+    #[test]
+    fn local_reads_keep_order_across_slices_and_report_bad_files_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut group = Vec::new();
+        for i in 0..READ_SLICE * 2 + 3 {
+            let name = format!("{i:03}.png");
+            let body: Vec<u8> = if i == 5 {
+                vec![7; 200]
+            } else {
+                vec![i as u8 + 1; 4]
+            };
+            std::fs::write(dir.path().join(&name), body).unwrap();
+            group.push(InputFile {
+                name: name.clone(),
+                source: Source::Path(name.into()),
+            });
+        }
+        std::fs::create_dir(dir.path().join("folder")).unwrap();
+        for name in ["folder", "missing.png"] {
+            group.push(InputFile {
+                name: name.into(),
+                source: Source::Path(name.into()),
+            });
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let reads: Vec<(usize, Result<Bytes, String>)> =
+            rt.block_on(local_reads(dir.path(), &group, 100).collect());
+        assert_eq!(
+            reads.iter().map(|r| r.0).collect::<Vec<_>>(),
+            (0..group.len()).collect::<Vec<_>>()
+        );
+        let n = READ_SLICE * 2 + 3;
+        for (i, r) in &reads[..n] {
+            match i {
+                5 => assert!(r.as_ref().unwrap_err().contains("over the limit"), "{r:?}"),
+                _ => assert_eq!(r.as_ref().unwrap().as_ref(), [*i as u8 + 1; 4]),
+            }
+        }
+        assert!(
+            reads[n]
+                .1
+                .as_ref()
+                .unwrap_err()
+                .contains("not a regular file")
+        );
+        assert!(reads[n + 1].1.as_ref().unwrap_err().contains("cannot read"));
+    }
 }
