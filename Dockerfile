@@ -10,8 +10,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # Only the server: the trainer (burn) is not part of the image.
-RUN cargo build --release --locked --bin infera \
-    && strip target/release/infera
+RUN cargo build --profile dist --locked --bin infera \
+    && strip target/dist/infera
 
 # ONNX Runtime's shared library comes from its PyPI wheel, the build the server is tested with.
 FROM python:3.11-slim-bookworm AS onnxruntime
@@ -27,7 +27,7 @@ RUN apt-get update \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin infera \
     && mkdir -p /var/lib/infera \
     && chown 10001:10001 /var/lib/infera
-COPY --from=build /src/target/release/infera /usr/local/bin/infera
+COPY --from=build /src/target/dist/infera /usr/local/bin/infera
 COPY --from=onnxruntime /libonnxruntime.so.1.31.1 /usr/local/lib/libonnxruntime.so.1.31.1
 COPY examples/model_repository /models
 ENV ORT_DYLIB_PATH=/usr/local/lib/libonnxruntime.so.1.31.1 \

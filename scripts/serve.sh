@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python-env.sh serve
-cargo build --release --bin infera
+# The `dist` profile: release with whole-program LTO, as the container image is built.
+cargo build --profile dist --bin infera
 target=${CARGO_TARGET_DIR:-target}
-exec "$target/release/infera" serve "$@"
+exec "$target/dist/infera" serve "$@"
