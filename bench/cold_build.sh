@@ -32,10 +32,10 @@ time_cold() {
     sleep 1
   done
   end=$(date +%s.%N)
-  pkill -f "$dir/target/release/infera serve" || true
+  pkill -f "$dir/target/dist/infera serve" || pkill -f "$dir/target/release/infera serve" || true
   wait "$pid" 2>/dev/null || true
   local size
-  size=$(stat -c %s "$dir/target/release/infera")
+  size=$(stat -c %s "$dir"/target/*/infera | head -n1)
   printf '| %s (%s) | %.1f | %.1f |\n' "$label" "$(git -C "$dir/src" rev-parse --short HEAD)" \
     "$(echo "($end - $start) / 60" | bc -l)" "$(echo "$size / 1000000" | bc -l)" >>"$work/results"
   rm -rf "$dir/target" "$dir/cargo"
