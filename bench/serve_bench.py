@@ -114,6 +114,14 @@ def main():
     print("|---|---|" + "---|" * (len(LEVELS) + 1))
     for (model, proto), (r, _, _) in results.items():
         print(f"| {model} | {proto} | " + " | ".join(f"{r[c]['tput']:.0f}" for c in LEVELS) + f" | {r[16]['p99']} |")
+    print("\nserver CPU per request (server CPU seconds / requests over each level's run, from /proc; "
+          "the in-process batch-1 cost is the floor's p50 on 1 thread):\n")
+    print("| model | protocol | c=1 CPU µs/request | in-process batch-1 µs | ratio | c=16 CPU µs/request |")
+    print("|---|---|---|---|---|---|")
+    for (model, proto), (r, _, fl1) in results.items():
+        per = {c: r[c]["server_cores"] / r[c]["tput"] * 1e6 for c in (1, 16)}
+        print(f"| {model} | {proto} | {per[1]:.0f} | {fl1['p50_batch1_us']:.0f} | "
+              f"{per[1] / max(fl1['p50_batch1_us'], 1e-9):.1f}x | {per[16]:.0f} |")
     print(f"\npeak RSS under load (VmHWM): {peak_rss:.0f} MB; RSS after load: {rss_now:.0f} MB")
 
 
