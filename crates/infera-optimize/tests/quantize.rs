@@ -124,15 +124,16 @@ fn scale_and_zero_point_formulas() {
     assert_eq!(p.zero_point, 0);
     // An empty range does not divide by zero.
     assert_eq!(activation_params(0.0, 0.0).scale, 1.0);
-    // Weights: symmetric around 0, the largest magnitude maps to 127.
-    let w = weight_params(&[0.5, -1.27, 0.2]);
+    // Weights: symmetric around 0, the largest magnitude maps to 64 (the reduced range).
+    let w = weight_params(&[0.5, -0.64, 0.2]);
     assert!((w.scale - 0.01).abs() < 1e-9);
     assert_eq!(w.zero_point, 0);
-    let q: Vec<i8> = [0.5f32, -1.27, 0.2]
+    let q: Vec<i8> = [0.5f32, -0.64, 0.2, 0.9]
         .iter()
         .map(|&v| quantize::quantize_weight(v, w.scale))
         .collect();
-    assert_eq!(q, vec![50, -127, 20]);
+    // Beyond the range (only possible with another tensor's scale) clamps to 64.
+    assert_eq!(q, vec![50, -64, 20, 64]);
     // Half-way values round to even, like numpy's rint in ONNX Runtime's quantizer.
     assert_eq!(quantize::quantize_weight(0.025, 0.01), 2);
     assert_eq!(quantize::quantize_weight(0.035, 0.01), 4);
@@ -157,22 +158,22 @@ fn static_quantization_of_a_tiny_model_gives_hand_computed_values() {
     assert_eq!(init(&q, "x_zero_point").raw_data, vec![0u8]);
     let r_scale = graph::floats(init(&q, "r_scale")).unwrap();
     assert!((r_scale[0] - 0.02).abs() < 1e-7);
-    // W1: max |w| = 2 -> scale 2/127; 1.0 -> 63.5 -> 64 (half to even), -0.5 -> -31.75 -> -32.
+    // W1: max |w| = 2 -> scale 2/64; 1.0 -> 32, -0.5 -> -16, 0.25 -> 8, 2.0 -> 64.
     let w_scale = graph::floats(init(&q, "w1_scale")).unwrap()[0];
-    assert!((w_scale - 2.0 / 127.0).abs() < 1e-7);
+    assert!((w_scale - 2.0 / 64.0).abs() < 1e-7);
     let w1: Vec<i8> = init(&q, "w1_quantized")
         .raw_data
         .iter()
         .map(|&b| b as i8)
         .collect();
-    assert_eq!(w1, vec![64, -32, 16, 127]);
-    // b1 in INT32 with scale x_scale * w_scale = 0.01 * 2/127: 0.1 -> 635, -0.2 -> -1270.
+    assert_eq!(w1, vec![32, -16, 8, 64]);
+    // b1 in INT32 with scale x_scale * w_scale = 0.01 * 2/64: 0.1 -> 320, -0.2 -> -640.
     let b1: Vec<i32> = init(&q, "b1_quantized")
         .raw_data
         .chunks(4)
         .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    assert_eq!(b1, vec![635, -1270]);
+    assert_eq!(b1, vec![320, -640]);
     assert_eq!(summary.quantized_layers.len(), 2);
     // No ReLU left, and the graph output keeps its name.
     let g = graph::graph(&q);
@@ -238,7 +239,7 @@ fn per_channel_weights_get_one_scale_per_output() {
     // W1 is [in=2, out=2] (Gemm without transB): columns are channels, max |w| 1.0 and 2.0.
     let s = graph::floats(init(&q, "w1_scale")).unwrap();
     assert!(
-        (s[0] - 1.0 / 127.0).abs() < 1e-7 && (s[1] - 2.0 / 127.0).abs() < 1e-7,
+        (s[0] - 1.0 / 64.0).abs() < 1e-7 && (s[1] - 2.0 / 64.0).abs() < 1e-7,
         "{s:?}"
     );
     let w1: Vec<i8> = init(&q, "w1_quantized")
@@ -246,7 +247,7 @@ fn per_channel_weights_get_one_scale_per_output() {
         .iter()
         .map(|&b| b as i8)
         .collect();
-    assert_eq!(w1, vec![127, -32, 32, 127]);
+    assert_eq!(w1, vec![64, -16, 16, 64]);
     let rt = runtime();
     let x = [0.5, 1.0, 2.0, 0.1];
     let (a, b) = (run(rt, &m, &x, vec![2, 2]), run(rt, &q, &x, vec![2, 2]));
