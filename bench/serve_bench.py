@@ -2,6 +2,10 @@
 beside the in-process ONNX Runtime floor measured in the same run, plus cold start and RSS.
 
     bench/serve_bench.sh            # builds, installs the pinned tools, runs, prints Markdown
+    BENCH_BASELINE_REV=<commit> bench/serve_bench.sh   # also an older build, interleaved
+
+CPU per request is the server's CPU time (from /proc) over the requests the server counted
+(its /v2/models/<m>/stats), so perf_analyzer's warm-up and retried trials count on both sides.
 
 Ratios, not absolute numbers, are what to compare across runs: the machine is shared and noisy.
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / "tests" / "fixtures" / "model_repository"
 BIN = Path(os.environ["INFERA_BIN"])
+BASELINE = os.environ.get("BENCH_BASELINE_BIN")
 FLOOR = Path(os.environ["INFERA_FLOOR_BIN"])
 WINDOW_MS = os.environ.get("BENCH_WINDOW_MS", "2000")
 LEVELS = [1, 2, 4, 8, 16]
@@ -30,10 +35,10 @@ def port():
         return s.getsockname()[1]
 
 
-def start(repo):
+def start(repo, binary=BIN):
     ports = [port(), port(), port()]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(BIN), "serve", "--model-repository", str(repo), "--http-port", str(ports[0]),
+    proc = subprocess.Popen([str(binary), "serve", "--model-repository", str(repo), "--http-port", str(ports[0]),
                              "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "data": [1] * 16},
@@ -59,10 +64,18 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def perf(url, proto, model, server_pid, batch=1):
+def served(http_port, model):
+    """Successful inferences the server counted for `model`, all versions."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/{model}/stats", timeout=5) as r:
+        stats = json.load(r)
+    return sum(m["inference_stats"]["success"]["count"] for m in stats["model_stats"])
+
+
+def perf(url, proto, model, server_pid, http_port, batch=1, levels=LEVELS):
     out = {}
-    for c in LEVELS:
+    for c in levels:
         import resource
+        n0 = served(http_port, model)
         t0, s0 = time.perf_counter(), cpu_seconds(server_pid)
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         with tempfile.NamedTemporaryFile(suffix=".csv") as f:
@@ -74,9 +87,11 @@ def perf(url, proto, model, server_pid, batch=1):
                 sys.exit(f"perf_analyzer failed: {p.stdout[-2000:]} {p.stderr[-2000:]}")
             r = next(csv.DictReader(open(f.name)))
         wall = time.perf_counter() - t0
+        cpu = cpu_seconds(server_pid) - s0
+        requests = max(served(http_port, model) - n0, 1)
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         out[c] = {"tput": float(r["Inferences/Second"]), "p50": int(r["p50 latency"]), "p99": int(r["p99 latency"]),
-                  "server_cores": (cpu_seconds(server_pid) - s0) / wall,
+                  "server_cores": cpu / wall, "cpu_us": cpu / requests * 1e6,
                   "client_cores": (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / wall}
     return out
 
@@ -90,18 +105,25 @@ def floor(model, threads):
 def main():
     proc, ports, cold = start(REPO)
     print(f"cold start (spawn -> first successful inference): {cold * 1000:.0f} ms\n")
-    results = {}
+    base = start(REPO, BASELINE) if BASELINE else None
+    results, baseline = {}, {}
     try:
         for model in ("fashion_mnist", "iris"):
             fl = max((floor(model, t) for t in (1, 2)), key=lambda f: f["throughput_batch64"])
             fl1 = floor(model, 1)
-            for proto, p in (("http", ports[0]), ("grpc", ports[1])):
-                results[(model, proto)] = (perf(f"127.0.0.1:{p}", proto, model, proc.pid), fl, fl1)
+            for proto, i in (("http", 0), ("grpc", 1)):
+                results[(model, proto)] = (perf(f"127.0.0.1:{ports[i]}", proto, model, proc.pid, ports[0]), fl, fl1)
+                if base:
+                    # Right after this build's run, so both see the same machine.
+                    bproc, bports, _ = base
+                    baseline[(model, proto)] = perf(f"127.0.0.1:{bports[i]}", proto, model, bproc.pid,
+                                                    bports[0], levels=(1, 16))
         peak_rss = rss_mb(proc.pid, "VmHWM")
         rss_now = rss_mb(proc.pid)
     finally:
-        proc.terminate()
-        proc.wait()
+        for p in [proc] + ([base[0]] if base else []):
+            p.terminate()
+            p.wait()
     print("| model | protocol | c=1 p50 µs | in-process p50 µs | overhead µs | c=16 infer/s | in-process batch-64 infer/s (best / 1 thread) | c=16 / best | c=16 / 1-thread | CPU cores at c=16 (server / perf_analyzer) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (model, proto), (r, fl, fl1) in results.items():
@@ -114,14 +136,21 @@ def main():
     print("|---|---|" + "---|" * (len(LEVELS) + 1))
     for (model, proto), (r, _, _) in results.items():
         print(f"| {model} | {proto} | " + " | ".join(f"{r[c]['tput']:.0f}" for c in LEVELS) + f" | {r[16]['p99']} |")
-    print("\nserver CPU per request (server CPU seconds / requests over each level's run, from /proc; "
+    print("\nserver CPU per request (server CPU seconds from /proc / requests the server counted; "
           "the in-process batch-1 cost is the floor's p50 on 1 thread):\n")
     print("| model | protocol | c=1 CPU µs/request | in-process batch-1 µs | ratio | c=16 CPU µs/request |")
     print("|---|---|---|---|---|---|")
     for (model, proto), (r, _, fl1) in results.items():
-        per = {c: r[c]["server_cores"] / r[c]["tput"] * 1e6 for c in (1, 16)}
-        print(f"| {model} | {proto} | {per[1]:.0f} | {fl1['p50_batch1_us']:.0f} | "
-              f"{per[1] / max(fl1['p50_batch1_us'], 1e-9):.1f}x | {per[16]:.0f} |")
+        print(f"| {model} | {proto} | {r[1]['cpu_us']:.0f} | {fl1['p50_batch1_us']:.0f} | "
+              f"{r[1]['cpu_us'] / max(fl1['p50_batch1_us'], 1e-9):.1f}x | {r[16]['cpu_us']:.0f} |")
+    if baseline:
+        print(f"\nthis build against the baseline ({BASELINE}), each measured right after the other:\n")
+        print("| model | protocol | c=1 CPU µs/request (this / baseline) | c=16 infer/s (this / baseline) | c=16 ratio |")
+        print("|---|---|---|---|---|")
+        for key, b in baseline.items():
+            r = results[key][0]
+            print(f"| {key[0]} | {key[1]} | {r[1]['cpu_us']:.0f} / {b[1]['cpu_us']:.0f} | "
+                  f"{r[16]['tput']:.0f} / {b[16]['tput']:.0f} | {r[16]['tput'] / b[16]['tput']:.2f}x |")
     print(f"\npeak RSS under load (VmHWM): {peak_rss:.0f} MB; RSS after load: {rss_now:.0f} MB")
 
 

@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 source bench/common.sh
 bench_env test
 bench_build --bin infera -p infera --example floor -p infera-backend-ort
+bench_baseline
 export INFERA_FLOOR_BIN="$target/release/examples/floor"
 python bench/serve_bench.py "$@"

@@ -16,6 +16,8 @@ from test_perf_analyzer import perf_analyzer_env
 
 MODEL = "versioned"
 CHANGES = 20
+# perf_analyzer's message when no loaded version's statistics rose over a whole window.
+BOOKKEEPING = "failed to find the requested model version"
 
 
 def add_version(repo, v):
@@ -54,6 +56,7 @@ class Load:
 
     def __init__(self, server):
         self.server, self.stop_flag, self.runs, self.problems = server, threading.Event(), [], []
+        self.bookkeeping = 0
         self.threads = [threading.Thread(target=self.loop, args=(p,)) for p in ("http", "grpc")]
 
     def loop(self, protocol):
@@ -66,6 +69,12 @@ class Load:
             p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
             out = p.stdout + p.stderr
             self.runs.append(protocol)
+            if BOOKKEEPING in out:
+                # Two swaps inside one window can still leave perf_analyzer without a version
+                # whose counts rose at both ends (see make_repo); its requests did not fail,
+                # which the front-ends' status counts check.
+                self.bookkeeping += 1
+                continue
             if p.returncode != 0 or "error" in out.lower():
                 self.problems.append(f"{protocol}: exit {p.returncode}\n{out[-2000:]}")
 
@@ -124,6 +133,8 @@ def front_end_answers(server):
 
 def assert_nothing_failed(server, load):
     assert load.runs and not load.problems, load.problems[:2]
+    # Rare, not the rule: most windows must be measured cleanly.
+    assert load.bookkeeping * 4 <= len(load.runs), (load.bookkeeping, len(load.runs))
     codes = front_end_answers(server)
     assert codes.get("200", 0) > 1000 and codes.get("OK", 0) > 1000, codes
     assert set(codes) <= {"200", "OK"}, codes

@@ -20,7 +20,9 @@ use std::path::Path;
 
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
-use infera_core::backend::{Backend, BackendError, IoSpec, LoadOptions, Session, Signature};
+use infera_core::backend::{
+    Backend, BackendError, InlineRuns, IoSpec, LoadOptions, Session, Signature,
+};
 use infera_core::{DataType, Tensor, TensorData};
 
 pub struct ImageBackend;
@@ -460,8 +462,8 @@ impl Backend for ImageBackend {
         false
     }
 
-    fn runs_inline(&self) -> bool {
-        true
+    fn inline_runs(&self) -> InlineRuns {
+        InlineRuns::WhenSmall
     }
 
     fn load(&self, _: &Path, o: &LoadOptions) -> Result<Box<dyn Session>, BackendError> {

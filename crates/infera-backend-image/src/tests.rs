@@ -247,7 +247,7 @@ fn only_small_images_run_on_the_callers_thread() {
         vec![Tensor::from_strings(vec![n, 1], imgs.into_iter().map(Into::into).collect()).unwrap()]
     };
     let square = |side| png(&DynamicImage::ImageLuma8(image::GrayImage::new(side, side)));
-    assert!(ImageBackend.runs_inline());
+    assert_eq!(ImageBackend.inline_runs(), InlineRuns::WhenSmall);
     assert!(session.fits_inline(&images(vec![square(28)])));
     assert!(session.fits_inline(&images(vec![square(64); 4])));
     // Over 128×128 pixels in all, one image or several: a worker's job.

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use infera_core::DataType;
-use infera_core::backend::{Backend, BackendError, IoSpec, LoadOptions, Session, Signature};
+use infera_core::backend::{
+    Backend, BackendError, InlineRuns, IoSpec, LoadOptions, Session, Signature,
+};
 use infera_core::tensor::{Tensor, TensorData};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, TensorElementType, ValueType};
@@ -69,6 +71,12 @@ impl OrtBackend {
 impl Backend for OrtBackend {
     fn name(&self) -> &'static str {
         "onnxruntime"
+    }
+
+    /// Many served models (tabular ones, small CNNs) run in microseconds, less than the
+    /// hand-off to a worker thread costs; the scheduler measures which ones.
+    fn inline_runs(&self) -> InlineRuns {
+        InlineRuns::WhenCheap
     }
 
     fn load(&self, model_file: &Path, o: &LoadOptions) -> Result<Box<dyn Session>, BackendError> {
@@ -196,7 +204,15 @@ impl Session for OrtSession {
         }
         Ok(result)
     }
+
+    fn fits_inline(&self, inputs: &[Tensor]) -> bool {
+        inputs.iter().map(Tensor::byte_len).sum::<usize>() <= MAX_INLINE_INPUT_BYTES
+    }
 }
+
+/// Inputs up to this size may run on the caller's thread (a batch of a few 28×28 images, a
+/// few hundred rows of tabular features); whether the model is cheap enough is measured.
+const MAX_INLINE_INPUT_BYTES: usize = 64 << 10;
 
 fn from_ort(t: TensorElementType) -> Option<DataType> {
     Some(match t {

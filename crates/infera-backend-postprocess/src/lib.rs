@@ -16,7 +16,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use infera_core::backend::{Backend, BackendError, IoSpec, LoadOptions, Session, Signature};
+use infera_core::backend::{
+    Backend, BackendError, InlineRuns, IoSpec, LoadOptions, Session, Signature,
+};
 use infera_core::{DataType, Tensor};
 
 pub struct ClassifyBackend;
@@ -162,8 +164,8 @@ impl Backend for ClassifyBackend {
         false
     }
 
-    fn runs_inline(&self) -> bool {
-        true
+    fn inline_runs(&self) -> InlineRuns {
+        InlineRuns::WhenSmall
     }
 
     fn load(&self, _: &Path, o: &LoadOptions) -> Result<Box<dyn Session>, BackendError> {

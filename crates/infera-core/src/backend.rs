@@ -60,6 +60,20 @@ impl LoadOptions {
     }
 }
 
+/// When a backend's requests may skip the queue and run on the caller's thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InlineRuns {
+    /// Always through the queue and a worker thread.
+    #[default]
+    Never,
+    /// Small inputs always run inline: their cost is known to be microseconds (decoding a
+    /// thumbnail, a softmax over ten scores).
+    WhenSmall,
+    /// Small inputs run inline while the model's measured cost per run stays within the
+    /// scheduler's budget (tens of microseconds): a model's cost is only known once it ran.
+    WhenCheap,
+}
+
 /// A runtime that can open model files.
 pub trait Backend: Send + Sync {
     /// The name used in `backend:` and in logs.
@@ -68,11 +82,10 @@ pub trait Backend: Send + Sync {
     fn needs_model_file(&self) -> bool {
         true
     }
-    /// True for backends whose small requests cost microseconds (image decoding, softmax):
-    /// the server then keeps extra sessions to run such requests on the caller's thread, where
-    /// a hand-off to a worker thread would cost more than the run ([`Session::fits_inline`]).
-    fn runs_inline(&self) -> bool {
-        false
+    /// Whether small requests may run on the caller's thread, where a hand-off to a worker
+    /// thread would cost more than the run itself ([`Session::fits_inline`]).
+    fn inline_runs(&self) -> InlineRuns {
+        InlineRuns::Never
     }
     fn load(
         &self,
@@ -105,7 +118,7 @@ pub trait Session: Send {
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
     /// Whether these inputs are small enough to run on the caller's thread (an async
     /// runtime's: it must take tens of microseconds, not milliseconds). Only asked of
-    /// backends that [`Backend::runs_inline`].
+    /// backends whose [`Backend::inline_runs`] is not `Never`.
     fn fits_inline(&self, inputs: &[Tensor]) -> bool {
         let _ = inputs;
         false

@@ -12,7 +12,7 @@ use tracing::warn;
 use super::autocomplete::{autocomplete, bind_io};
 use super::model::{Model, ModelVersion, Resizable, Runner, SessionOpener};
 use super::{ModelRepository, ensemble, files, policy};
-use crate::backend::{Backend, LoadOptions, Session, Signature};
+use crate::backend::{Backend, InlineRuns, LoadOptions, Session, Signature};
 use crate::config::limits::MAX_CONFIG_BYTES;
 use crate::config::{self, ConfigError, ENSEMBLE_PLATFORM, ONNX_PLATFORM};
 use crate::error::{ServeError, ServeResult};
@@ -93,7 +93,7 @@ impl ModelRepository {
 
         // Per version: the instances' sessions, then the inline ones.
         type Sessions = Vec<Box<dyn Session>>;
-        let mut loaded: BTreeMap<i64, (Sessions, Sessions)> = BTreeMap::new();
+        let mut loaded: BTreeMap<i64, (Sessions, (Sessions, InlineRuns))> = BTreeMap::new();
         let mut openers: Option<BTreeMap<i64, SessionOpener>> = Some(BTreeMap::new());
         let mut signature: Option<Signature> = None;
         for &v in &versions {
@@ -147,12 +147,20 @@ impl ModelRepository {
             }
             // Cheap backends also run small requests on the callers' threads: one session per
             // core, beside the instances (see the scheduler's `inline` module).
+            let runs = backend.inline_runs();
             let mut inline = Vec::new();
-            if backend.runs_inline() && plain.is_none() {
+            if inline_allowed(runs, &path) && plain.is_none() {
+                // An inline run must not fan out over threads of its own: the caller's thread
+                // is the one that runs it.
+                let single = LoadOptions {
+                    intra_op_threads: 1,
+                    inter_op_threads: 1,
+                    ..options.clone()
+                };
                 for _ in 0..inline_sessions() {
                     inline.push(
                         backend
-                            .load(&path, &options)
+                            .load(&path, &single)
                             .map_err(|e| ServeError::invalid(format!("model '{name}': {e}")))?,
                     );
                 }
@@ -171,14 +179,14 @@ impl ModelRepository {
                 }
                 Some(_) => {}
             }
-            loaded.insert(v, (sessions, inline));
+            loaded.insert(v, (sessions, (inline, runs)));
         }
         let signature = signature.unwrap_or_default();
         config::validate(&cfg, name).map_err(fail)?;
         let (inputs, outputs) = bind_io(&cfg, &signature, dir).map_err(fail)?;
         let policy = policy::batch_policy(&cfg, &signature, self.options.max_queue);
         let mut version_map = BTreeMap::new();
-        for (v, (sessions, inline)) in loaded {
+        for (v, (sessions, (inline, runs))) in loaded {
             let stats = Arc::new(ModelStats::default());
             let metrics = self.metrics.for_version(name, v);
             let scheduler = Scheduler::new(
@@ -191,7 +199,7 @@ impl ModelRepository {
             .map_err(|e| {
                 ServeError::internal(format!("model '{name}': cannot start workers: {e}"))
             })?;
-            scheduler.add_inline_sessions(inline);
+            scheduler.add_inline_sessions(inline, runs);
             version_map.insert(
                 v,
                 Arc::new(ModelVersion {
@@ -295,6 +303,22 @@ impl ModelRepository {
             cfg.backend = "onnxruntime".into();
         }
         Ok(chosen)
+    }
+}
+
+/// Model files larger than this never run inline: extra sessions of a large model cost memory,
+/// and a large model is rarely cheap enough to run on the caller's thread anyway.
+const MAX_INLINE_MODEL_BYTES: u64 = 8 << 20;
+
+/// Whether a version gets inline sessions: always for backends whose small runs are known to
+/// be cheap, for the others only when the model file is small (the scheduler then decides by
+/// measured cost).
+fn inline_allowed(runs: InlineRuns, model_file: &Path) -> bool {
+    match runs {
+        InlineRuns::Never => false,
+        InlineRuns::WhenSmall => true,
+        InlineRuns::WhenCheap => std::fs::metadata(model_file)
+            .is_ok_and(|m| m.is_file() && m.len() <= MAX_INLINE_MODEL_BYTES),
     }
 }
 

@@ -1,23 +1,38 @@
 //! Running small, cheap requests on the caller's thread.
 //!
-//! Decoding a 28×28 PNG or a softmax over ten scores takes a few microseconds; handing the
-//! request to a worker thread and the answer back costs more than that (two context switches,
-//! each tens of microseconds on a busy machine). For backends that say their sessions are
-//! cheap ([`crate::backend::Backend::runs_inline`]), the scheduler keeps a few extra sessions
-//! and runs a request right where it arrives when the session says it is small
-//! ([`Session::fits_inline`]) and nothing is queued ahead of it. Statistics, metrics and
+//! Decoding a 28×28 PNG, a softmax over ten scores or a RandomForest over four features takes
+//! microseconds; handing the request to a worker thread and the answer back costs more than
+//! that (two context switches, each tens of microseconds on a busy machine). For backends
+//! that allow it ([`InlineRuns`]), the scheduler keeps a few extra sessions and runs a request
+//! right where it arrives when the session says it is small ([`Session::fits_inline`]),
+//! nothing is queued ahead of it, and, for backends whose cost is only known by measuring,
+//! the model's recent runs took no more than [`INLINE_BUDGET`]. Statistics, metrics and
 //! trace spans are the same as for a worker's run.
 
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use super::{Job, JobResult, Pending, Scheduler, execute, job_is_online};
-use crate::backend::Session;
+use super::{Job, JobResult, Pending, Scheduler, Shared, execute, job_is_online};
+use crate::backend::{InlineRuns, Session};
+
+/// The longest a measured-cost model may take to run on the caller's thread: an async
+/// runtime's thread that runs a model serves no other connection meanwhile.
+const INLINE_BUDGET: Duration = Duration::from_micros(150);
+
+/// The sessions inline runs take, and when they may.
+#[derive(Default)]
+pub(super) struct Pool {
+    sessions: Vec<Box<dyn Session>>,
+    runs: InlineRuns,
+}
 
 impl Scheduler {
     /// Adds sessions that small requests run on from the caller's thread (see the module
     /// comment). Without any, every request goes through the queue.
-    pub fn add_inline_sessions(&self, sessions: Vec<Box<dyn Session>>) {
-        self.shared.inline.lock().extend(sessions);
+    pub fn add_inline_sessions(&self, sessions: Vec<Box<dyn Session>>, runs: InlineRuns) {
+        let mut pool = self.shared.inline.lock();
+        pool.sessions.extend(sessions);
+        pool.runs = runs;
     }
 
     /// Runs `job` here and now if it can; otherwise gives it back for the queue.
@@ -27,7 +42,14 @@ impl Scheduler {
             return Err(job);
         }
         // A free inline session, taken out of the pool so the run holds no lock.
-        let Some(mut session) = s.inline.try_lock().and_then(|mut pool| pool.pop()) else {
+        let Some(mut session) = s.inline.try_lock().and_then(|mut pool| {
+            let cheap = match pool.runs {
+                InlineRuns::Never => false,
+                InlineRuns::WhenSmall => true,
+                InlineRuns::WhenCheap => s.cheap_now(&job),
+            };
+            if cheap { pool.sessions.pop() } else { None }
+        }) else {
             return Err(job);
         };
         let go = session.fits_inline(&job.inputs) && {
@@ -36,7 +58,7 @@ impl Scheduler {
             q.len == 0 && !q.shutdown
         };
         if !go {
-            s.inline.lock().push(session);
+            s.inline.lock().sessions.push(session);
             return Err(job);
         }
         let (tx, mut rx) = tokio::sync::oneshot::channel();
@@ -54,15 +76,30 @@ impl Scheduler {
             let _queue = tracing::debug_span!(parent: &pending.parent, "queue", model = %s.model);
         }
         // `execute` gives back one count of `running`, as for a worker's batch.
-        s.running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.running.fetch_add(1, Ordering::Relaxed);
         execute(s, session.as_mut(), vec![pending]);
-        s.inline.lock().push(session);
+        s.inline.lock().sessions.push(session);
         Ok(rx.try_recv().unwrap_or_else(|_| {
             Err(crate::error::ServeError::internal(format!(
                 "model '{}' gave no answer",
                 s.model
             )))
         }))
+    }
+}
+
+impl Shared {
+    /// Whether a model whose cost is only known by measuring may run `job` inline now: its
+    /// recent runs fit the budget, and, for a model that batches, no batch is running (under
+    /// load, requests that wait a moment are batched, which costs less than running each).
+    /// Until the model has run once, requests go to the workers, which measure it.
+    fn cheap_now(&self, job: &Job) -> bool {
+        let single = self.single_cost_ns.load(Ordering::Relaxed);
+        let per_item = self.item_cost_ns.load(Ordering::Relaxed);
+        let expected = single.max(per_item.saturating_mul(job.batch as u64));
+        single != 0
+            && u128::from(expected) <= INLINE_BUDGET.as_nanos()
+            && (self.policy.dynamic.is_none() || self.running.load(Ordering::Relaxed) == 0)
     }
 }
 
@@ -74,18 +111,19 @@ mod tests {
 
     use parking_lot::{Condvar, Mutex};
 
-    use super::super::{BatchPolicy, Job, Scheduler};
-    use crate::backend::{BackendError, Session, Signature};
+    use super::super::{BatchPolicy, DynamicBatching, Job, QueuePolicy, Scheduler};
+    use crate::backend::{BackendError, InlineRuns, Session, Signature};
     use crate::metrics::Metrics;
     use crate::stats::ModelStats;
     use crate::tensor::Tensor;
 
     /// Echoes its input and logs the thread it ran on; fits inline up to two rows; a row
-    /// holding -1 panics; worker sessions can be held shut by a gate.
+    /// holding -1 panics; worker sessions can be held shut by a gate; each run takes `cost`.
     struct Probe {
         sig: Signature,
         threads: Arc<Mutex<Vec<ThreadId>>>,
         gate: Option<Arc<(Mutex<bool>, Condvar)>>,
+        cost: Duration,
     }
 
     impl Session for Probe {
@@ -99,6 +137,7 @@ mod tests {
                     gate.1.wait(&mut open);
                 }
             }
+            std::thread::sleep(self.cost);
             assert!(
                 !inputs[0].to_vec::<f32>().unwrap().contains(&-1.0),
                 "a broken model"
@@ -120,6 +159,10 @@ mod tests {
     }
 
     fn rig(worker_open: bool) -> Rig {
+        rig_with(worker_open, InlineRuns::WhenSmall, Duration::ZERO, false)
+    }
+
+    fn rig_with(worker_open: bool, runs: InlineRuns, cost: Duration, batching: bool) -> Rig {
         let threads = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new((Mutex::new(worker_open), Condvar::new()));
         let probe = |gate: Option<Arc<(Mutex<bool>, Condvar)>>| {
@@ -127,15 +170,23 @@ mod tests {
                 sig: Signature::default(),
                 threads: threads.clone(),
                 gate,
+                cost,
             }) as Box<dyn Session>
         };
         let stats = Arc::new(ModelStats::default());
+        let dynamic = batching.then(|| DynamicBatching {
+            preferred: vec![],
+            max_delay: Duration::ZERO,
+            priority_levels: 0,
+            default_level: 0,
+            level_policies: vec![QueuePolicy::default()],
+        });
         let sched = Scheduler::new(
             "m",
             vec![probe(Some(gate.clone()))],
             BatchPolicy {
                 max_batch_size: 8,
-                dynamic: None,
+                dynamic,
                 max_queue: 100,
                 split: false,
             },
@@ -143,7 +194,7 @@ mod tests {
             Metrics::new().for_version("m", 1),
         )
         .unwrap();
-        sched.add_inline_sessions(vec![probe(None)]);
+        sched.add_inline_sessions(vec![probe(None)], runs);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -216,5 +267,78 @@ mod tests {
         // The inline session went back to the pool and serves the next request.
         r.rt.block_on(r.sched.run(job(1, 5.0))).unwrap();
         assert_eq!(*r.threads.lock(), [std::thread::current().id()]);
+    }
+
+    fn on_this_thread(r: &Rig) -> Vec<bool> {
+        let me = std::thread::current().id();
+        r.threads.lock().iter().map(|t| *t == me).collect()
+    }
+
+    #[test]
+    fn a_measured_cheap_model_runs_inline_once_it_has_run_on_a_worker() {
+        let r = rig_with(true, InlineRuns::WhenCheap, Duration::ZERO, false);
+        for v in 0..3 {
+            r.rt.block_on(r.sched.run(job(1, v as f32))).unwrap();
+        }
+        // The first run measures the model on a worker; the cheap ones after it run here.
+        assert_eq!(on_this_thread(&r), [false, true, true]);
+    }
+
+    #[test]
+    fn a_model_over_the_budget_stays_on_the_workers() {
+        let r = rig_with(true, InlineRuns::WhenCheap, Duration::from_millis(2), false);
+        for v in 0..3 {
+            r.rt.block_on(r.sched.run(job(1, v as f32))).unwrap();
+        }
+        assert_eq!(on_this_thread(&r), [false, false, false]);
+    }
+
+    #[test]
+    fn a_batching_model_runs_inline_only_while_no_batch_runs() {
+        let r = rig_with(false, InlineRuns::WhenCheap, Duration::ZERO, true);
+        // Teach the scheduler the cost with the worker open, then hold the worker shut.
+        *r.gate.0.lock() = true;
+        r.rt.block_on(r.sched.run(job(1, 1.0))).unwrap();
+        *r.gate.0.lock() = false;
+        let busy = r.sched.submit(job(3, 2.0)).unwrap();
+        let started = std::time::Instant::now();
+        while r
+            .sched
+            .shared
+            .running
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the worker never started"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A batch is running: a new request is left for the worker to batch.
+        assert!(r.sched.run_inline(job(1, 3.0)).is_err());
+        *r.gate.0.lock() = true;
+        r.gate.1.notify_all();
+        busy.blocking_recv().unwrap().unwrap();
+        while r
+            .sched
+            .shared
+            .running
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The held run's wait was measured as its cost; forget it. Idle again, a request
+        // runs here.
+        let shared = &r.sched.shared;
+        shared
+            .single_cost_ns
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .item_cost_ns
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        r.rt.block_on(r.sched.run(job(1, 4.0))).unwrap();
+        assert_eq!(on_this_thread(&r), [false, false, true]);
     }
 }

@@ -143,10 +143,12 @@ struct Shared {
     metrics: VersionMetrics,
     /// What one batch item has recently cost the model, in nanoseconds (0: not yet run).
     item_cost_ns: AtomicU64,
+    /// What a run of one request has recently cost the model, in nanoseconds (0: not yet).
+    single_cost_ns: AtomicU64,
     /// Batches taken and not yet answered.
     running: AtomicUsize,
     /// Sessions for requests run on the caller's thread ([`inline`]).
-    inline: Mutex<Vec<Box<dyn Session>>>,
+    inline: Mutex<inline::Pool>,
 }
 
 /// The queue and workers of one model version. Dropping it lets the workers finish
@@ -184,8 +186,9 @@ impl Scheduler {
             stats,
             metrics,
             item_cost_ns: AtomicU64::new(0),
+            single_cost_ns: AtomicU64::new(0),
             running: AtomicUsize::new(0),
-            inline: Mutex::new(Vec::new()),
+            inline: Mutex::new(inline::Pool::default()),
         });
         let scheduler = Scheduler { shared };
         for session in sessions {
@@ -658,7 +661,7 @@ fn finish(s: &Shared, batch: Vec<Pending>, result: ServeResult<BatchRun>, start:
             s.metrics
                 .compute_infer_us
                 .inc_by(t_infer.as_micros() as u64);
-            s.record_item_cost(t_infer, total);
+            s.record_cost(t_infer, total, batch.len());
             for ((p, outputs), t) in batch.into_iter().zip(per_request).zip(timings) {
                 s.metrics.queue_seconds.observe(t.queue.as_secs_f64());
                 s.metrics.queue_us.inc_by(t.queue.as_micros() as u64);

@@ -99,20 +99,28 @@ impl Shared {
         idle.min(by_cost).min(job.batch).max(1)
     }
 
-    /// Keeps a running estimate of one item's cost (a quarter weight to each new run).
-    pub(super) fn record_item_cost(&self, run: Duration, items: usize) {
+    /// Keeps running estimates of one item's cost and of a lone request's run (a quarter
+    /// weight to each new run).
+    pub(super) fn record_cost(&self, run: Duration, items: usize, requests: usize) {
         if items == 0 {
             return;
         }
-        let sample = (run.as_nanos() / items as u128).min(u64::MAX as u128) as u64;
-        let old = self.item_cost_ns.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample.max(1)
-        } else {
-            (old / 4 * 3 + sample / 4).max(1)
-        };
-        self.item_cost_ns.store(new, Ordering::Relaxed);
+        let ns = run.as_nanos().min(u64::MAX as u128) as u64;
+        blend(&self.item_cost_ns, ns / items as u64);
+        if requests == 1 {
+            blend(&self.single_cost_ns, ns);
+        }
     }
+}
+
+fn blend(estimate: &AtomicU64, sample: u64) {
+    let old = estimate.load(Ordering::Relaxed);
+    let new = if old == 0 {
+        sample.max(1)
+    } else {
+        (old / 4 * 3 + sample / 4).max(1)
+    };
+    estimate.store(new, Ordering::Relaxed);
 }
 
 /// `total` rows cut into `parts` sizes that differ by at most one, larger first.
