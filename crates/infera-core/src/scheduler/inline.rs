@@ -17,9 +17,9 @@ use crate::backend::{InlineRuns, Session};
 
 /// The longest a measured-cost model may take to run on the caller's thread: an async
 /// runtime's thread that runs a model serves no other connection meanwhile (the others' work
-/// is stolen by the other runtime threads). On a 2-core VM a hand-off to a worker and back
-/// costs ~100-200 µs of CPU, so a batch-1 run of a small CNN (~150-300 µs there) is cheaper
-/// here; at most one inline run per core happens at a time.
+/// is stolen by the other runtime threads). Large enough for a batch-1 run of the small
+/// Fashion-MNIST CNN on a slow 2-core VM (150-300 µs); at most one inline run per core
+/// happens at a time.
 const INLINE_BUDGET: Duration = Duration::from_micros(500);
 
 /// The sessions inline runs take, and when they may.
