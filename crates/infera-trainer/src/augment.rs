@@ -1,6 +1,7 @@
 //! Training-time augmentation on raw grayscale pixels: horizontal flip, a small rotation and
-//! shift (one affine map, bilinear sampling, black outside), and a brightness factor. Drawn
-//! from the run's seeded generator, so a seed gives the same images every time.
+//! shift (one affine map, bilinear sampling, black outside), a brightness factor, and random
+//! erasing. Drawn from the run's seeded generator, so a seed gives the same images every time.
+//! A transform that is off draws nothing, so adding one keeps the images of older recipes.
 
 use infera_train::data::Rng;
 
@@ -65,6 +66,25 @@ pub fn augment(
             out[y * w + x] = (v * gain).clamp(0.0, 255.0) as f32;
         }
     }
+    if cfg.erase > 0.0 && unit(rng) < cfg.erase {
+        erase(out, w, h, rng);
+    }
+}
+
+/// Random erasing (Zhong et al., 2017): noise over a rectangle of 2–25% of the image with an
+/// aspect ratio of 0.3–3.3 (log-uniform), placed wholly inside it.
+fn erase(out: &mut [f32], w: usize, h: usize, rng: &mut Rng) {
+    let area = (w * h) as f64 * (0.02 + unit(rng) * 0.23);
+    let aspect = (0.3f64.ln() + unit(rng) * (3.3f64.ln() - 0.3f64.ln())).exp();
+    let eh = ((area * aspect).sqrt().round() as usize).clamp(1, h);
+    let ew = ((area / aspect).sqrt().round() as usize).clamp(1, w);
+    let top = (unit(rng) * (h - eh + 1) as f64) as usize;
+    let left = (unit(rng) * (w - ew + 1) as f64) as usize;
+    for row in out[top * w..(top + eh) * w].chunks_exact_mut(w) {
+        for p in &mut row[left..left + ew] {
+            *p = (unit(rng) * 256.0).floor().min(255.0) as f32;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +134,7 @@ mod tests {
             rotate_degrees: 10.0,
             shift_pixels: 2.0,
             brightness: 0.2,
+            erase: 0.5,
         };
         let (mut a, mut b) = (vec![0.0; 784], vec![0.0; 784]);
         augment(&src, 28, 28, &cfg, &mut Rng::new(7), &mut a);
@@ -123,5 +144,58 @@ mod tests {
         let mut c = vec![0.0; 784];
         augment(&src, 28, 28, &cfg, &mut Rng::new(8), &mut c);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn erasing_replaces_one_rectangle_inside_the_image() {
+        let src = vec![7u8; 28 * 28];
+        let cfg = AugmentConfig {
+            erase: 1.0,
+            ..AugmentConfig::default()
+        };
+        for seed in 0..200 {
+            let mut out = vec![0.0; 784];
+            augment(&src, 28, 28, &cfg, &mut Rng::new(seed), &mut out);
+            let changed: Vec<(usize, usize)> = (0..784)
+                .filter(|&i| out[i] != 7.0)
+                .map(|i| (i % 28, i / 28))
+                .collect();
+            assert!(out.iter().all(|v| (0.0..=255.0).contains(v)));
+            // Noise can repeat the old value by chance, so bound the rectangle from its
+            // changed pixels: at most 25% of the image, and most of its pixels did change.
+            let (x0, x1) = (
+                changed.iter().map(|c| c.0).min(),
+                changed.iter().map(|c| c.0).max(),
+            );
+            let (y0, y1) = (
+                changed.iter().map(|c| c.1).min(),
+                changed.iter().map(|c| c.1).max(),
+            );
+            let (Some(x0), Some(x1), Some(y0), Some(y1)) = (x0, x1, y0, y1) else {
+                panic!("seed {seed}: nothing erased");
+            };
+            let rect = (x1 - x0 + 1) * (y1 - y0 + 1);
+            assert!(rect <= 784 / 4 + 28, "seed {seed}: {rect} pixels");
+            assert!(changed.len() * 10 >= rect * 9, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn no_erasing_draws_nothing_extra() {
+        // Recipes without erasing must keep their images (and so their trained weights).
+        let src: Vec<u8> = (0..784).map(|i| (i % 251) as u8).collect();
+        let cfg = AugmentConfig {
+            hflip: 0.5,
+            shift_pixels: 1.0,
+            ..AugmentConfig::default()
+        };
+        let mut rng = Rng::new(3);
+        let mut out = vec![0.0; 784];
+        augment(&src, 28, 28, &cfg, &mut rng, &mut out);
+        let mut expected = Rng::new(3);
+        for _ in 0..5 {
+            expected.next_u64();
+        }
+        assert_eq!(rng.next_u64(), expected.next_u64());
     }
 }

@@ -192,6 +192,10 @@ pub struct AugmentConfig {
     /// Random brightness factor within 1 ± this.
     #[serde(default)]
     pub brightness: f64,
+    /// Probability of random erasing (cutout): a rectangle of 2–25% of the image, aspect
+    /// ratio 0.3–3.3, filled with noise, so the model cannot lean on any one region.
+    #[serde(default)]
+    pub erase: f64,
 }
 
 impl Default for AugmentConfig {
@@ -201,6 +205,7 @@ impl Default for AugmentConfig {
             rotate_degrees: 0.0,
             shift_pixels: 0.0,
             brightness: 0.0,
+            erase: 0.0,
         }
     }
 }
@@ -211,6 +216,7 @@ impl AugmentConfig {
             && self.rotate_degrees == 0.0
             && self.shift_pixels == 0.0
             && self.brightness == 0.0
+            && self.erase == 0.0
     }
 }
 
@@ -245,11 +251,10 @@ impl Recipe {
         if !(0.0..1.0).contains(&dropout) {
             return Err(format!("model.dropout must be in [0, 1), got {dropout}"));
         }
-        if !(0.0..=1.0).contains(&self.augment.hflip) {
-            return Err(format!(
-                "augment.hflip is a probability, got {}",
-                self.augment.hflip
-            ));
+        for (key, p) in [("hflip", self.augment.hflip), ("erase", self.augment.erase)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("augment.{key} is a probability, got {p}"));
+            }
         }
         Ok(())
     }
