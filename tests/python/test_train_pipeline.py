@@ -160,6 +160,27 @@ def test_config_groups_and_overrides_reach_the_run(tmp_path):
     assert json.loads((tmp_path / "repo/resnet/export.json").read_text())["parity"]["max_abs_diff"] <= 1e-4
 
 
+def test_flip_average_export_is_the_mean_over_each_image_and_its_mirror(tmp_path):
+    """`--flip-average` puts test-time flip augmentation inside the graph: ONNX Runtime's
+    logits are the mean of the plain model's logits on the image and on its mirror."""
+    checkpoint = ROOT / "examples" / "checkpoints" / "fashion_mnist"
+    repo = tmp_path / "repo"
+    for name, extra in [("plain", []), ("tta", ["--flip-average"])]:
+        e = infera("export", "--checkpoint", checkpoint, "--model-repository", repo, "--name", name,
+                   "--parity-images", 300, *extra)
+        assert e.returncode == 0, e.stdout + e.stderr
+    report = json.loads((repo / "tta" / "export.json").read_text())
+    assert report["flip_average"] is True and report["parity"]["max_abs_diff"] <= 1e-4, report
+    x = idx(DATA / "t10k-images-idx3-ubyte.gz")[:200].astype(np.float32)[:, None]
+    plain = ort.InferenceSession(str(repo / "plain" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    tta = ort.InferenceSession(str(repo / "tta" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    want = (plain.run(None, {"input": x})[0] + plain.run(None, {"input": x[..., ::-1].copy()})[0]) / 2
+    for batch in (1, 7, 200):
+        got = np.concatenate([tta.run(None, {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    assert not np.allclose(plain.run(None, {"input": x})[0], want, atol=1e-3)
+
+
 def test_bad_input_is_one_line_and_exit_1(tmp_path):
     cases = [
         (["train", "--config", CONFIG, "optimizer.lrr=0.1"], "lrr"),

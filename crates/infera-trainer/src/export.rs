@@ -71,13 +71,29 @@ instance_group [ {{ count: 2 kind: KIND_CPU }} ]\n",
     Ok(model_path)
 }
 
-/// Runs `onnx_file` in ONNX Runtime and `model` in burn over `images`, comparing logits.
+/// `split` with every image mirrored left to right.
+fn mirrored(split: &Split) -> Split {
+    let mut images = split.images.clone();
+    for row in images.chunks_exact_mut(split.cols.max(1)) {
+        row.reverse();
+    }
+    Split {
+        images,
+        labels: split.labels.clone(),
+        rows: split.rows,
+        cols: split.cols,
+    }
+}
+
+/// Runs `onnx_file` in ONNX Runtime and `model` in burn over `images`, comparing logits (with
+/// `flip_average`, burn's are the mean over each image and its mirror, as the export's).
 pub fn check_parity(
     model: &Classifier,
     onnx_file: &Path,
     ort_library: &Path,
     images: &Split,
     device: &Device,
+    flip_average: bool,
 ) -> anyhow::Result<Parity> {
     let classes = match model {
         Classifier::Cnn(m) => m.fc2.weight.val().dims()[1],
@@ -114,7 +130,13 @@ pub fn check_parity(
                 .context("ONNX Runtime returned no FP32 logits")?,
         );
     }
-    let burn_logits = crate::train::logits(model, images, device, 250);
+    let mut burn_logits = crate::train::logits(model, images, device, 250);
+    if flip_average {
+        let other = crate::train::logits(model, &mirrored(images), device, 250);
+        for (a, b) in burn_logits.iter_mut().zip(other) {
+            *a = (*a + b) / 2.0;
+        }
+    }
     if burn_logits.len() != ort_logits.len() {
         bail!(
             "ONNX Runtime returned {} logits, burn {}",
@@ -157,6 +179,7 @@ pub fn export_checkpoint(
     ort_library: &Path,
     parity_images: &Split,
     device: &Device,
+    flip_average: bool,
 ) -> anyhow::Result<ExportOutcome> {
     let (model, config) = checkpoint::load(checkpoint_dir, device)?;
     if config.input.shape != [1, IMAGE_SIDE, IMAGE_SIDE] {
@@ -166,14 +189,19 @@ pub fn export_checkpoint(
         );
     }
     let doc = format!(
-        "{} trained by infera ({}), epoch {}, validation accuracy {:.4}; classes: {}",
+        "{} trained by infera ({}), epoch {}, validation accuracy {:.4}{}; classes: {}",
         config.model.name(),
         config.framework,
         config.epoch,
         config.val_accuracy,
+        if flip_average {
+            "; logits averaged with the mirrored image's"
+        } else {
+            ""
+        },
         config.classes.join(", ")
     );
-    let bytes = onnx::export(&model, config.classes.len(), IMAGE_SIDE, &doc)?;
+    let bytes = onnx::export(&model, config.classes.len(), IMAGE_SIDE, &doc, flip_average)?;
     let model_path = write_repository_entry(
         repo,
         name,
@@ -183,7 +211,14 @@ pub fn export_checkpoint(
         max_batch_size,
         &checkpoint_dir.display().to_string(),
     )?;
-    let parity = check_parity(&model, &model_path, ort_library, parity_images, device)?;
+    let parity = check_parity(
+        &model,
+        &model_path,
+        ort_library,
+        parity_images,
+        device,
+        flip_average,
+    )?;
     Ok(ExportOutcome {
         model_path,
         parity,

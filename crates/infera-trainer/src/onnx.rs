@@ -1,7 +1,8 @@
 //! Our own ONNX exporter for our layer set (burn-onnx's export kept BatchNorm, auto-named
 //! tensors and broke the model). The graph takes raw pixels `input` [N,1,28,28] FP32 0..255,
 //! normalises them itself, has BatchNorm folded into the convolutions, a dynamic batch
-//! dimension, and returns `logits` [N, classes]. Opset 17.
+//! dimension, and returns `logits` [N, classes]. Opset 17. With flip averaging the graph also
+//! runs every image mirrored and returns the mean of both logits (test-time augmentation).
 
 use anyhow::Context;
 use burn::nn::Linear;
@@ -83,6 +84,17 @@ impl Graph {
             name: name.into(),
             dims: dims.to_vec(),
             data_type: DataType::Float as i32,
+            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name.into()
+    }
+
+    fn ints(&mut self, name: &str, data: &[i64]) -> String {
+        self.initializers.push(TensorProto {
+            name: name.into(),
+            dims: vec![data.len() as i64],
+            data_type: DataType::Int64 as i32,
             raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
             ..Default::default()
         });
@@ -200,18 +212,40 @@ impl Graph {
     }
 }
 
-/// The model as ONNX bytes. `side` is the input image side (28 for Fashion-MNIST).
+/// The model as ONNX bytes. `side` is the input image side (28 for Fashion-MNIST). With
+/// `flip_average`, the mirrored images go through the same layers in the same batch (one
+/// session run, twice the work) and the two logits are averaged.
 pub fn export(
     model: &Classifier,
     classes: usize,
     side: usize,
     doc: &str,
+    flip_average: bool,
 ) -> anyhow::Result<Vec<u8>> {
     let mut g = Graph::default();
     let scale = g.constant("normalize.scale", &[], vec![NORM_SCALE]);
     let shift = g.constant("normalize.shift", &[], vec![NORM_SHIFT]);
     let x = g.node("Mul", "normalize.mul", &[INPUT, &scale], vec![]);
-    let x = g.node("Add", "normalize", &[&x, &shift], vec![]);
+    let mut x = g.node("Add", "normalize", &[&x, &shift], vec![]);
+    if flip_average {
+        // Reverse the width axis: start at the last column, step -1 past the first.
+        let starts = g.ints("flip.starts", &[-1]);
+        let ends = g.ints("flip.ends", &[i64::MIN]);
+        let axes = g.ints("flip.axes", &[3]);
+        let steps = g.ints("flip.steps", &[-1]);
+        let mirrored = g.node(
+            "Slice",
+            "flip",
+            &[&x, &starts, &ends, &axes, &steps],
+            vec![],
+        );
+        x = g.node(
+            "Concat",
+            "flip.batch",
+            &[&x, &mirrored],
+            vec![attr_int("axis", 0)],
+        );
+    }
     let last = match model {
         Classifier::Cnn(m) => {
             let x = g.conv_bn("block1", &x, &m.block1)?;
@@ -235,6 +269,19 @@ pub fn export(
             let x = g.node("Flatten", "flatten", &[&x], vec![attr_int("axis", 1)]);
             g.linear("fc", &x, &m.fc)?
         }
+    };
+    let last = if flip_average {
+        // [2N, C] → [2, N, C] → mean over the first axis.
+        let shape = g.ints("flip.shape", &[2, -1, classes as i64]);
+        let pairs = g.node("Reshape", "flip.pairs", &[&last, &shape], vec![]);
+        g.node(
+            "ReduceMean",
+            "flip.mean",
+            &[&pairs],
+            vec![attr_ints("axes", &[0]), attr_int("keepdims", 0)],
+        )
+    } else {
+        last
     };
     // The last node's output gets the public name.
     let node = g.nodes.last_mut().context("empty graph")?;
@@ -282,7 +329,7 @@ mod tests {
 
     /// Exports a model whose BatchNorm statistics are far from their initial values, runs the
     /// file in tract (independent of ONNX Runtime) and compares with burn's own forward.
-    fn parity(arch: Architecture) {
+    fn parity(arch: Architecture, flip_average: bool) {
         let device = Device::flex();
         device.seed(3);
         let ad = device.clone().autodiff();
@@ -293,7 +340,7 @@ mod tests {
             let _ = model.forward(x);
         }
         let model = model.valid();
-        let bytes = export(&model, 10, 28, "test").unwrap();
+        let bytes = export(&model, 10, 28, "test", flip_average).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.onnx");
         std::fs::write(&path, &bytes).unwrap();
@@ -314,7 +361,12 @@ mod tests {
                 &device,
             );
             let pixels: Vec<f32> = x.to_data().iter::<f32>().collect();
-            let expected: Vec<f32> = model.forward(x).into_data().iter::<f32>().collect();
+            let expected = if flip_average {
+                (model.forward(x.clone()) + model.forward(x.flip([3]))).div_scalar(2.0)
+            } else {
+                model.forward(x)
+            };
+            let expected: Vec<f32> = expected.into_data().iter::<f32>().collect();
             let input =
                 infera_core::tensor::Tensor::from_slice(vec![batch, 1, 28, 28], &pixels).unwrap();
             let out = session.run(&[input]).unwrap();
@@ -332,18 +384,23 @@ mod tests {
 
     #[test]
     fn cnn_export_matches_burn() {
-        parity(Architecture::Cnn {
+        let arch = Architecture::Cnn {
             channels: [8, 16],
             hidden: 32,
             dropout: 0.5,
-        });
+        };
+        parity(arch.clone(), false);
+        parity(arch, true);
     }
 
     #[test]
     fn resnet_export_matches_burn() {
-        parity(Architecture::ResnetSmall {
-            channels: [8, 16, 32],
-            dropout: 0.2,
-        });
+        parity(
+            Architecture::ResnetSmall {
+                channels: [8, 16, 32],
+                dropout: 0.2,
+            },
+            false,
+        );
     }
 }
