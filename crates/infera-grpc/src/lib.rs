@@ -22,6 +22,21 @@ pub use convert::{from_proto_request, to_proto_response};
 /// their responses; past it the stream is not read.
 pub const STREAM_IN_FLIGHT: usize = 64;
 
+/// Inference responses up to this size are never compressed: setting up a compressor (tens of
+/// KiB of zeroed tables) costs more CPU than a small message's whole encoding, and it fits one
+/// TCP segment either way. The same threshold as the HTTP front-end's.
+pub const MIN_COMPRESSED_BYTES: usize = 1024;
+
+/// A unary inference response, marked to go out uncompressed when it is small.
+fn infer_reply(msg: ModelInferResponse) -> Response<ModelInferResponse> {
+    let small = prost::Message::encoded_len(&msg) <= MIN_COMPRESSED_BYTES;
+    let mut resp = Response::new(msg);
+    if small {
+        resp.disable_compression();
+    }
+    resp
+}
+
 pub struct GrpcFrontend {
     server: Arc<InferenceServer>,
 }
@@ -37,7 +52,8 @@ pub fn service(
 /// [`service`], optionally compressing responses for clients that accept gzip or deflate.
 /// Off by default (as Triton's `--grpc-infer-response-compression-level none`): every
 /// gRPC client advertises gzip, and deflating small tensors costs more server CPU than
-/// the bytes it saves on a local network.
+/// the bytes it saves on a local network. When on, inference responses up to
+/// [`MIN_COMPRESSED_BYTES`] still go out as they are, as over HTTP.
 pub fn service_with(
     server: Arc<InferenceServer>,
     max_message_bytes: usize,
@@ -173,7 +189,7 @@ impl GrpcInferenceService for GrpcFrontend {
         }
         let resp = self.server.infer(req).await.map_err(status)?;
         let label = infera_core::metrics::ModelLabel(resp.model_name.clone());
-        let mut resp = Response::new(to_proto_response(resp));
+        let mut resp = infer_reply(to_proto_response(resp));
         resp.extensions_mut().insert(label);
         Ok(resp)
     }

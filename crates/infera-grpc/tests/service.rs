@@ -212,3 +212,50 @@ async fn a_stream_whose_responses_are_not_read_stops_being_read() {
     }
     assert_eq!(got, SENT);
 }
+
+/// The compressed-flag byte of the first message frame of a unary `ModelInfer` call, sent as
+/// raw HTTP/2-less gRPC framing through the service itself, with `grpc-accept-encoding: gzip`.
+async fn response_frame_flag(server: Arc<InferenceServer>, req: ModelInferRequest) -> u8 {
+    use http_body_util::BodyExt;
+    use prost::Message;
+    use tower::ServiceExt;
+    let msg = req.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    let http_req = http::Request::post("/inference.GRPCInferenceService/ModelInfer")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-accept-encoding", "gzip")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(frame),
+        )))
+        .unwrap();
+    let svc = infera_grpc::service_with(server, MAX_MESSAGE, true);
+    let resp = svc.oneshot(http_req).await.unwrap();
+    assert_eq!(
+        resp.headers()
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("gzip")
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.len() > 5, "no message in the response: {body:?}");
+    body[0]
+}
+
+#[tokio::test]
+async fn with_compression_on_only_responses_over_a_kilobyte_are_compressed() {
+    let repo = repo();
+    let s = repo.server(vec![]);
+    // 16 bytes of output: sent as it is (flag 0).
+    assert_eq!(
+        response_frame_flag(s.clone(), request("m", &[1.0; 4])).await,
+        0
+    );
+    // 256 KiB of output: compressed (flag 1).
+    assert_eq!(
+        response_frame_flag(s, request("big", &vec![0.5; 65536])).await,
+        1
+    );
+}
