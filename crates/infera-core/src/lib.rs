@@ -23,3 +23,8 @@ pub use datatype::DataType;
 pub use error::{ErrorKind, ServeError, ServeResult};
 pub use server::InferenceServer;
 pub use tensor::{Tensor, TensorData};
+
+/// Inference responses up to this many bytes are sent uncompressed by every front-end, whatever
+/// the client accepts: such a response fits one TCP segment either way, and setting up a
+/// compressor (tens of KiB of zeroed tables) costs more CPU than the rest of a small request.
+pub const MIN_COMPRESSED_BYTES: u16 = 1024;

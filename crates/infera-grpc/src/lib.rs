@@ -22,23 +22,23 @@ pub use convert::{from_proto_request, to_proto_response};
 /// their responses; past it the stream is not read.
 pub const STREAM_IN_FLIGHT: usize = 64;
 
-/// Inference responses up to this size are never compressed: setting up a compressor (tens of
-/// KiB of zeroed tables) costs more CPU than a small message's whole encoding, and it fits one
-/// TCP segment either way. The same threshold as the HTTP front-end's.
-pub const MIN_COMPRESSED_BYTES: usize = 1024;
-
-/// A unary inference response, marked to go out uncompressed when it is small.
-fn infer_reply(msg: ModelInferResponse) -> Response<ModelInferResponse> {
-    let small = prost::Message::encoded_len(&msg) <= MIN_COMPRESSED_BYTES;
-    let mut resp = Response::new(msg);
-    if small {
-        resp.disable_compression();
-    }
-    resp
-}
-
 pub struct GrpcFrontend {
     server: Arc<InferenceServer>,
+    compress_responses: bool,
+}
+
+impl GrpcFrontend {
+    /// A unary inference response, marked to go out uncompressed when compression is on and
+    /// the message is small (sized only then: with compression off there is nothing to skip).
+    fn infer_reply(&self, msg: ModelInferResponse) -> Response<ModelInferResponse> {
+        let small = self.compress_responses
+            && prost::Message::encoded_len(&msg) <= usize::from(infera_core::MIN_COMPRESSED_BYTES);
+        let mut resp = Response::new(msg);
+        if small {
+            resp.disable_compression();
+        }
+        resp
+    }
 }
 
 /// The tonic service: accepts gzip/deflate compressed requests, answers uncompressed.
@@ -53,17 +53,20 @@ pub fn service(
 /// Off by default (as Triton's `--grpc-infer-response-compression-level none`): every
 /// gRPC client advertises gzip, and deflating small tensors costs more server CPU than
 /// the bytes it saves on a local network. When on, inference responses up to
-/// [`MIN_COMPRESSED_BYTES`] still go out as they are, as over HTTP.
+/// [`infera_core::MIN_COMPRESSED_BYTES`] still go out as they are, as over HTTP.
 pub fn service_with(
     server: Arc<InferenceServer>,
     max_message_bytes: usize,
     compress_responses: bool,
 ) -> GrpcInferenceServiceServer<GrpcFrontend> {
-    let svc = GrpcInferenceServiceServer::new(GrpcFrontend { server })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Deflate)
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(usize::MAX);
+    let svc = GrpcInferenceServiceServer::new(GrpcFrontend {
+        server,
+        compress_responses,
+    })
+    .accept_compressed(CompressionEncoding::Gzip)
+    .accept_compressed(CompressionEncoding::Deflate)
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(usize::MAX);
     if compress_responses {
         svc.send_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Deflate)
@@ -189,7 +192,7 @@ impl GrpcInferenceService for GrpcFrontend {
         }
         let resp = self.server.infer(req).await.map_err(status)?;
         let label = infera_core::metrics::ModelLabel(resp.model_name.clone());
-        let mut resp = infer_reply(to_proto_response(resp));
+        let mut resp = self.infer_reply(to_proto_response(resp));
         resp.extensions_mut().insert(label);
         Ok(resp)
     }

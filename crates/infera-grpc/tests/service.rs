@@ -213,8 +213,8 @@ async fn a_stream_whose_responses_are_not_read_stops_being_read() {
     assert_eq!(got, SENT);
 }
 
-/// The compressed-flag byte of the first message frame of a unary `ModelInfer` call, sent as
-/// raw HTTP/2-less gRPC framing through the service itself, with `grpc-accept-encoding: gzip`.
+/// The compressed-flag byte of the first message frame of a unary `ModelInfer` call, framed by
+/// hand and sent through the service itself (no transport), with `grpc-accept-encoding: gzip`.
 async fn response_frame_flag(server: Arc<InferenceServer>, req: ModelInferRequest) -> u8 {
     use http_body_util::BodyExt;
     use prost::Message;

@@ -32,9 +32,6 @@ struct AppState {
     server: Arc<InferenceServer>,
 }
 
-/// Responses up to this size are sent as they are, whatever the client accepts.
-pub const MIN_COMPRESSED_BYTES: u16 = 1024;
-
 /// The v2 routes, with request decompression, response compression, a body limit
 /// (applied after decompression) and a panic guard.
 pub fn router(server: Arc<InferenceServer>, max_body_bytes: usize) -> Router {
@@ -49,7 +46,7 @@ pub fn router(server: Arc<InferenceServer>, max_body_bytes: usize) -> Router {
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
         .layer(
             CompressionLayer::new().compress_when(
-                SizeAbove::new(MIN_COMPRESSED_BYTES)
+                SizeAbove::new(infera_core::MIN_COMPRESSED_BYTES)
                     .and(NotForContentType::GRPC)
                     .and(NotForContentType::IMAGES)
                     .and(NotForContentType::SSE)
