@@ -1,7 +1,10 @@
 //! One training step's convolution work on burn flex, split into its parts: the forward conv,
 //! forward + input gradient, forward + weight gradient, at the shapes of the baseline CNN's two
-//! layers (batch 128). The weight gradient is the part burn computes the slow way (see
-//! docs/benchmarks.md, "Where burn flex's training time goes"); this is its before/after gauge.
+//! layers (batch 128). `reference_grad_w` is the weight gradient alone in burn-backend's default
+//! formulation (a conv of the swapped input with the swapped output gradient as its kernel),
+//! which stock burn flex runs; the trainer's vendored flex computes it with one GEMM per image
+//! instead. Compare `forward+grad_w` − `forward` with `reference_grad_w` (docs/benchmarks.md,
+//! "Where burn flex's training time goes").
 //!
 //! `cargo bench -p infera-trainer --bench conv_grad`
 
@@ -48,6 +51,24 @@ fn conv_parts(c: &mut Criterion) {
                 })
             });
         }
+        let plain = Device::flex();
+        let x = Tensor::<4>::random(input, Distribution::Normal(0.0, 1.0), &plain);
+        let g = Tensor::<4>::random(
+            [input[0], weight[0], input[2], input[3]],
+            Distribution::Normal(0.0, 1.0),
+            &plain,
+        );
+        group.bench_function(format!("{name}/reference_grad_w"), |b| {
+            b.iter(|| {
+                let swapped = conv2d(
+                    x.clone().swap_dims(0, 1),
+                    g.clone().swap_dims(0, 1),
+                    None,
+                    ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+                );
+                swapped.swap_dims(0, 1).sum().into_scalar::<f32>()
+            })
+        });
     }
     group.finish();
 }
