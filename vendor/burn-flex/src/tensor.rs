@@ -572,6 +572,10 @@ fn collapse_for_copy(shape: &[usize], strides: &[isize]) -> CollapsedLayout {
     out
 }
 
+/// Shortest contiguous inner run that is copied run by run (`copy_inner_contiguous_run`, one
+/// `memcpy` each) rather than element by element in tiles.
+const MIN_MEMCPY_RUN: usize = 16;
+
 #[inline]
 fn is_transposed_2d(shape: &[usize], strides: &[isize]) -> bool {
     let rank = shape.len();
@@ -580,7 +584,14 @@ fn is_transposed_2d(shape: &[usize], strides: &[isize]) -> bool {
     }
     let r_st = strides[rank - 2];
     let c_st = strides[rank - 1];
-    (r_st == 1 && c_st > 1) || (c_st == 1 && r_st > 1 && r_st != shape[rank - 1] as isize)
+    // A unit column stride means every row is already a contiguous run; only short runs are
+    // worth tiling. Long ones (a `swap_dims(0, 1)` of NCHW activations has runs of H·W) copy
+    // faster as whole runs (patched in infera's vendored copy, see vendor/README.md).
+    (r_st == 1 && c_st > 1)
+        || (c_st == 1
+            && r_st > 1
+            && r_st != shape[rank - 1] as isize
+            && shape[rank - 1] < MIN_MEMCPY_RUN)
 }
 
 fn copy_batched_2d_tiled<E: Copy + Send + Sync>(
@@ -1386,6 +1397,29 @@ mod tests {
             }
         }
         assert_eq!(values, expected);
+    }
+
+    /// `swap_dims(0, 1)` of an NCHW tensor: rows of H·W contiguous values (≥ 16, so copied run
+    /// by run) and of a 2×2 map (< 16, so tiled); both must match a naive walk.
+    #[test]
+    fn test_swap_batch_and_channel_matches_naive() {
+        for (h, w) in [(4, 5), (2, 2)] {
+            let (n, c) = (3, 5);
+            let len = n * c * h * w;
+            let data: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            let tensor = FlexTensor::from_data(TensorData::new(data.clone(), vec![n, c, h, w]));
+            let swapped = tensor.transpose(0, 1);
+            assert!(!swapped.is_contiguous());
+            let values: Vec<f32> = swapped.to_contiguous().into_data().try_into_vec().unwrap();
+            let mut expected = Vec::with_capacity(len);
+            for ci in 0..c {
+                for ni in 0..n {
+                    let start = (ni * c + ci) * h * w;
+                    expected.extend_from_slice(&data[start..start + h * w]);
+                }
+            }
+            assert_eq!(values, expected, "{h}x{w} map");
+        }
     }
 
     #[test]
