@@ -207,3 +207,23 @@ def test_help_is_useful():
     doc = infera.__doc__
     assert "Repository" in doc and "serve" in doc
     assert "predict_images" in (infera.Model.__doc__ + infera.Model.predict_images.__doc__)
+
+
+def test_importing_infera_turns_onnxruntime_telemetry_off(tmp_path):
+    # ONNX Runtime's wheel keeps a device id and an event database under HOME and uploads events
+    # to Microsoft unless ORT_DISABLE_TELEMETRY is set before it initializes; `import infera`
+    # sets it (a user's own value is kept). A fresh HOME shows whether the library wrote its state.
+    import os
+
+    code = (
+        "import os, numpy as np, infera\n"
+        "m = infera.Repository().model('fashion_mnist')\n"
+        "print(m.infer({'input': np.zeros((1, 1, 28, 28), np.float32)})['logits'].shape)\n"
+        "print(os.environ['ORT_DISABLE_TELEMETRY'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path), TMPDIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["(1,", "10)", "1"], r.stdout
+    assert not (tmp_path / ".cache" / "Microsoft").exists()

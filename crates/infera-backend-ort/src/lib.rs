@@ -14,6 +14,26 @@ use ort::value::{DynValue, TensorElementType, ValueType};
 mod discover;
 pub use discover::find_library;
 
+/// The variable with which ONNX Runtime's official Linux and macOS builds (the PyPI wheels of
+/// 2026, e.g. 1.31) turn their telemetry off. Left on, the library keeps a device id and an event database under
+/// `~/.cache/Microsoft/DeveloperTools`, runs an uploader thread and resolves Microsoft's
+/// collector, from every process that loads it: not what anyone expects of a model server.
+pub const TELEMETRY_OPT_OUT_VAR: &str = "ORT_DISABLE_TELEMETRY";
+
+/// Turns ONNX Runtime's telemetry off for this process, unless the user set
+/// [`TELEMETRY_OPT_OUT_VAR`] themselves (`ORT_DISABLE_TELEMETRY=0` keeps it on). ONNX Runtime
+/// reads the variable once, when it initializes, so this must run before the library loads.
+///
+/// # Safety
+/// No other thread may exist yet: it sets an environment variable (see [`std::env::set_var`]).
+/// Call it first thing in `main`.
+pub unsafe fn opt_out_of_telemetry() {
+    if std::env::var_os(TELEMETRY_OPT_OUT_VAR).is_none() {
+        // SAFETY: the caller guarantees that this process has no other thread yet.
+        unsafe { std::env::set_var(TELEMETRY_OPT_OUT_VAR, "1") };
+    }
+}
+
 pub struct OrtBackend {
     env: ort::environment::Environment,
     library: PathBuf,

@@ -538,6 +538,9 @@ fn prune_cmd(args: PruneArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    // SAFETY: first statement of `main`: no other thread exists yet (the export checks its
+    // ONNX file with ONNX Runtime).
+    unsafe { infera_backend_ort::opt_out_of_telemetry() };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -22,6 +22,10 @@ import os as _os
 
 from ._runtime import find_onnxruntime as _find_onnxruntime
 
+# ONNX Runtime's official builds send telemetry to Microsoft from Linux and macOS unless this is
+# set before the library initializes (it reads it once). An explicit value, e.g. "0", is kept.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 if "ORT_DYLIB_PATH" not in _os.environ:
     _lib = _find_onnxruntime()
     if _lib:
