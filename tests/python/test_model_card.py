@@ -2,7 +2,10 @@
 per-class precision / recall / F1 of each shipped model are recomputed here with ONNX Runtime on
 the 10,000 test images, and the classes the card marks (bold) as below the 0.85 bar are exactly
 those below it."""
+import json
+import os
 import re
+import subprocess
 
 import numpy as np
 import onnxruntime as ort
@@ -16,6 +19,10 @@ LABELS = (ROOT / "examples" / "model_repository" / "fashion_mnist" / "labels.txt
 # (the card's heading of the model's metrics, the model)
 SHIPPED = [
     ("## Metrics", ROOT / "examples" / "model_repository" / "fashion_mnist" / "1" / "model.onnx"),
+    ("## Metrics of fashion_mnist_large",
+     ROOT / "examples" / "model_repository" / "fashion_mnist_large" / "1" / "model.onnx"),
+    ("## Metrics of fashion_mnist_large_int8",
+     ROOT / "examples" / "model_repository" / "fashion_mnist_large_int8" / "1" / "model.onnx"),
 ]
 
 
@@ -58,3 +65,16 @@ def test_the_model_card_matches_onnx_runtime_on_the_test_set(heading, model):
         # Bold marks a figure under the shop's bar of 0.85, and only those.
         assert p_bold == (precision < 0.85) and r_bold == (recall < 0.85), label
     assert abs(np.mean(f1s) - macro_f1) <= 0.0005
+
+
+@pytest.mark.parametrize("model", ["fashion_mnist_large", "fashion_mnist_large_int8"])
+def test_the_built_in_repository_serves_the_large_models_as_the_card_says(model, tmp_path):
+    """The models are compiled into infera: served by its own backend, they score what the card says."""
+    accuracy, macro_f1, _ = card_metrics(f"## Metrics of {model}")
+    env = {k: v for k, v in os.environ.items() if k != "INFERA_MODEL_REPOSITORY"}
+    r = subprocess.run([os.environ["INFERA_BIN"], "evaluate", "--model", model, "--output-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["examples"] == 10_000
+    assert abs(m["accuracy"] - accuracy) <= 0.00005 and abs(m["macro_f1"] - macro_f1) <= 0.0005, m

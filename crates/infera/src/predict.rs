@@ -184,10 +184,13 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     } else {
         String::new()
     };
+    // Throughput of this run's images, from the model being ready to the output in place:
+    // the figure to compare with the model's own in-process speed (load time excluded).
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = p.done.saturating_sub(s.resumed_from) as f64 / seconds.max(1e-9);
     eprintln!(
-        "{} images in {:.1} s{resumed}: {} predicted → {}, {} unreadable → {}",
+        "{} images in {seconds:.2} s ({rate:.0} images/s){resumed}: {} predicted → {}, {} unreadable → {}",
         p.total,
-        started.elapsed().as_secs_f64(),
         p.succeeded,
         s.output.display(),
         p.failed,
