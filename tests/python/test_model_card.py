@@ -78,3 +78,29 @@ def test_the_built_in_repository_serves_the_large_models_as_the_card_says(model,
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["examples"] == 10_000
     assert abs(m["accuracy"] - accuracy) <= 0.00005 and abs(m["macro_f1"] - macro_f1) <= 0.0005, m
+
+
+def test_the_large_image_ensemble_classifies_photos_as_the_int8_model_does_tensors(tmp_path):
+    """fashion_mnist_large_image (decode → fashion_mnist_large_int8 → postprocess), built in, run by
+    `infera predict` over 2,000 test images as PNG files: the same predictions as the model on tensors."""
+    from test_image_preprocess import png_gray
+    n = 2000
+    images = idx(DATA / "t10k-images-idx3-ubyte.gz")[:n]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        (folder / f"{i:05d}.png").write_bytes(png_gray(img))
+    env = {k: v for k, v in os.environ.items() if k != "INFERA_MODEL_REPOSITORY"}
+    out = tmp_path / "p.csv"
+    r = subprocess.run([os.environ["INFERA_BIN"], "predict", "--model", "fashion_mnist_large_image",
+                        "--input", str(folder), "--output", str(out)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"{n} images in" in r.stderr and "images/s)" in r.stderr, r.stderr
+    rows = out.read_text().splitlines()[1:]
+    assert len(rows) == n
+    got = np.array([int(row.split(",")[1]) for row in rows])
+    model = ROOT / "examples" / "model_repository" / "fashion_mnist_large_int8" / "1" / "model.onnx"
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    want = sess.run(["logits"], {"input": images.astype(np.float32)[:, None]})[0].argmax(1)
+    assert (got == want).mean() >= 0.999, (got != want).sum()
