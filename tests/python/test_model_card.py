@@ -67,13 +67,18 @@ def test_the_model_card_matches_onnx_runtime_on_the_test_set(heading, model):
     assert abs(np.mean(f1s) - macro_f1) <= 0.0005
 
 
+def built_in(*args):
+    """`infera ARGS` on the repository compiled into the binary (no INFERA_MODEL_REPOSITORY)."""
+    env = {k: v for k, v in os.environ.items() if k != "INFERA_MODEL_REPOSITORY"}
+    return subprocess.run([os.environ["INFERA_BIN"], *map(str, args)],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
 @pytest.mark.parametrize("model", ["fashion_mnist_large", "fashion_mnist_large_int8"])
 def test_the_built_in_repository_serves_the_large_models_as_the_card_says(model, tmp_path):
     """The models are compiled into infera: served by its own backend, they score what the card says."""
     accuracy, macro_f1, _ = card_metrics(f"## Metrics of {model}")
-    env = {k: v for k, v in os.environ.items() if k != "INFERA_MODEL_REPOSITORY"}
-    r = subprocess.run([os.environ["INFERA_BIN"], "evaluate", "--model", model, "--output-dir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=600, env=env)
+    r = built_in("evaluate", "--model", model, "--output-dir", tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["examples"] == 10_000
@@ -90,11 +95,8 @@ def test_the_large_image_ensemble_classifies_photos_as_the_int8_model_does_tenso
     folder.mkdir()
     for i, img in enumerate(images):
         (folder / f"{i:05d}.png").write_bytes(png_gray(img))
-    env = {k: v for k, v in os.environ.items() if k != "INFERA_MODEL_REPOSITORY"}
     out = tmp_path / "p.csv"
-    r = subprocess.run([os.environ["INFERA_BIN"], "predict", "--model", "fashion_mnist_large_image",
-                        "--input", str(folder), "--output", str(out)],
-                       capture_output=True, text=True, timeout=600, env=env)
+    r = built_in("predict", "--model", "fashion_mnist_large_image", "--input", folder, "--output", out)
     assert r.returncode == 0, r.stderr
     assert f"{n} images in" in r.stderr and "images/s)" in r.stderr, r.stderr
     rows = out.read_text().splitlines()[1:]
