@@ -12,9 +12,13 @@ pub fn extract(base: &Path) -> anyhow::Result<PathBuf> {
     let dir = base.join(format!("example-repository-{}", env!("CARGO_PKG_VERSION")));
     for (rel, bytes) in FILES {
         let path = dir.join(rel);
-        // Compared by content, not size: a retrained model of the same architecture has the
-        // same size, and a stale copy from an earlier build must not be served.
-        if std::fs::read(&path).is_ok_and(|on_disk| on_disk == *bytes) {
+        // Compared by content, not only size: a retrained model of the same architecture has
+        // the same size, and a stale copy from an earlier build must not be served. The size
+        // and file-type check first keeps the read bounded (no huge file, no FIFO to block on).
+        let unchanged = std::fs::metadata(&path)
+            .is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64)
+            && std::fs::read(&path).is_ok_and(|on_disk| on_disk == *bytes);
+        if unchanged {
             continue;
         }
         if let Some(parent) = path.parent() {
