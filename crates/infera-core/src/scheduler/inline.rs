@@ -6,8 +6,9 @@
 //! that allow it ([`InlineRuns`]), the scheduler keeps a few extra sessions and runs a request
 //! right where it arrives when the session says it is small ([`Session::fits_inline`]),
 //! nothing is queued ahead of it, and, for backends whose cost is only known by measuring,
-//! the model's recent runs took no more than [`INLINE_BUDGET`]. Statistics, metrics and
-//! trace spans are the same as for a worker's run.
+//! the model's recent runs took no more than [`INLINE_BUDGET`] and its requests have not
+//! overlapped for [`CONTENDED_HOLD`]. Statistics, metrics and trace spans are the same as for
+//! a worker's run.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,11 +23,23 @@ use crate::backend::{InlineRuns, Session};
 /// happens at a time.
 const INLINE_BUDGET: Duration = Duration::from_micros(500);
 
+/// How long a measured-cost model's requests stay on the workers after two of them overlapped.
+/// Concurrent requests of such a cheap model cost less in the workers' batches than on the
+/// callers' threads: with some requests running here, the workers sleep between the ones that
+/// do reach the queue, and each of those pays a wake-up (iris at concurrency 16: ~20% more CPU
+/// per request than with no inline runs; see docs/benchmarks.md). A lone client never overlaps
+/// itself, so it keeps the inline path.
+const CONTENDED_HOLD: Duration = Duration::from_millis(2);
+
 /// The sessions inline runs take, and when they may.
 #[derive(Default)]
 pub(super) struct Pool {
     sessions: Vec<Box<dyn Session>>,
     runs: InlineRuns,
+    /// Sessions taken out for a run now.
+    out: usize,
+    /// When a measured-cost model's request last found another one being served.
+    contended: Option<Instant>,
 }
 
 impl Scheduler {
@@ -49,9 +62,11 @@ impl Scheduler {
             let cheap = match pool.runs {
                 InlineRuns::Never => false,
                 InlineRuns::WhenSmall => true,
-                InlineRuns::WhenCheap => s.cheap_now(&job),
+                InlineRuns::WhenCheap => s.cheap_now(&job, &mut pool),
             };
-            if cheap { pool.sessions.pop() } else { None }
+            let session = if cheap { pool.sessions.pop() } else { None };
+            pool.out += usize::from(session.is_some());
+            session
         }) else {
             return Err(job);
         };
@@ -61,7 +76,12 @@ impl Scheduler {
             q.len == 0 && !q.shutdown
         };
         if !go {
-            s.inline.lock().sessions.push(session);
+            let mut pool = s.inline.lock();
+            if pool.runs == InlineRuns::WhenCheap {
+                pool.contended = Some(Instant::now());
+            }
+            pool.sessions.push(session);
+            pool.out -= 1;
             return Err(job);
         }
         let (tx, mut rx) = tokio::sync::oneshot::channel();
@@ -81,7 +101,7 @@ impl Scheduler {
         // `execute` gives back one count of `running`, as for a worker's batch.
         s.running.fetch_add(1, Ordering::Relaxed);
         execute(s, session.as_mut(), vec![pending]);
-        s.inline.lock().sessions.push(session);
+        s.give_back(session);
         Ok(rx.try_recv().unwrap_or_else(|_| {
             Err(crate::error::ServeError::internal(format!(
                 "model '{}' gave no answer",
@@ -92,17 +112,32 @@ impl Scheduler {
 }
 
 impl Shared {
+    fn give_back(&self, session: Box<dyn Session>) {
+        let mut pool = self.inline.lock();
+        pool.sessions.push(session);
+        pool.out -= 1;
+    }
+
     /// Whether a model whose cost is only known by measuring may run `job` inline now: its
-    /// recent runs fit the budget, and, for a model that batches, no batch is running (under
-    /// load, requests that wait a moment are batched, which costs less than running each).
-    /// Until the model has run once, requests go to the workers, which measure it.
-    fn cheap_now(&self, job: &Job) -> bool {
+    /// recent runs fit the budget, and its requests have not overlapped lately (another one
+    /// inline or, for a model that batches, a batch running; see [`CONTENDED_HOLD`]). Until
+    /// the model has run once, requests go to the workers, which measure it.
+    fn cheap_now(&self, job: &Job, pool: &mut Pool) -> bool {
         let single = self.single_cost_ns.load(Ordering::Relaxed);
         let per_item = self.item_cost_ns.load(Ordering::Relaxed);
         let expected = single.max(per_item.saturating_mul(job.batch as u64));
-        single != 0
-            && u128::from(expected) <= INLINE_BUDGET.as_nanos()
-            && (self.policy.dynamic.is_none() || self.running.load(Ordering::Relaxed) == 0)
+        if single == 0 || u128::from(expected) > INLINE_BUDGET.as_nanos() {
+            return false;
+        }
+        let now = Instant::now();
+        if pool.out > 0
+            || (self.policy.dynamic.is_some() && self.running.load(Ordering::Relaxed) > 0)
+        {
+            pool.contended = Some(now);
+            return false;
+        }
+        pool.contended
+            .is_none_or(|t| now.saturating_duration_since(t) >= CONTENDED_HOLD)
     }
 }
 
@@ -332,8 +367,7 @@ mod tests {
         {
             std::thread::sleep(Duration::from_millis(1));
         }
-        // The held run's wait was measured as its cost; forget it. Idle again, a request
-        // runs here.
+        // The held run's wait was measured as its cost; forget it.
         let shared = &r.sched.shared;
         shared
             .single_cost_ns
@@ -341,7 +375,26 @@ mod tests {
         shared
             .item_cost_ns
             .store(1, std::sync::atomic::Ordering::Relaxed);
+        // Right after the overlap, requests stay on the worker; once it is past, one runs here.
         r.rt.block_on(r.sched.run(job(1, 4.0))).unwrap();
-        assert_eq!(on_this_thread(&r), [false, false, true]);
+        std::thread::sleep(super::CONTENDED_HOLD);
+        r.rt.block_on(r.sched.run(job(1, 5.0))).unwrap();
+        assert_eq!(on_this_thread(&r), [false, false, false, true]);
+    }
+
+    #[test]
+    fn a_cheap_model_stays_on_the_workers_while_its_requests_overlap() {
+        let r = rig_with(true, InlineRuns::WhenCheap, Duration::ZERO, false);
+        r.rt.block_on(r.sched.run(job(1, 1.0))).unwrap();
+        // Another request holds the inline session (it runs on another caller's thread).
+        let held = r.sched.shared.inline.lock().sessions.pop().unwrap();
+        r.sched.shared.inline.lock().out += 1;
+        assert!(r.sched.run_inline(job(1, 2.0)).is_err());
+        r.sched.shared.give_back(held);
+        // Free again, but the overlap was just now: still the worker.
+        assert!(r.sched.run_inline(job(1, 3.0)).is_err());
+        std::thread::sleep(super::CONTENDED_HOLD);
+        r.rt.block_on(r.sched.run(job(1, 4.0))).unwrap();
+        assert_eq!(on_this_thread(&r), [false, true]);
     }
 }
