@@ -70,14 +70,14 @@ impl Scheduler {
         }) else {
             return Err(job);
         };
-        let go = session.fits_inline(&job.inputs) && {
-            // Never ahead of queued requests, and not once the model is being unloaded.
+        // Never ahead of queued requests (an overlap), and not once the model is being unloaded.
+        let queued = session.fits_inline(&job.inputs).then(|| {
             let q = s.queues.lock();
-            q.len == 0 && !q.shutdown
-        };
-        if !go {
+            (q.len > 0, q.shutdown)
+        });
+        if queued != Some((false, false)) {
             let mut pool = s.inline.lock();
-            if pool.runs == InlineRuns::WhenCheap {
+            if pool.runs == InlineRuns::WhenCheap && queued.is_some_and(|(ahead, _)| ahead) {
                 pool.contended = Some(Instant::now());
             }
             pool.sessions.push(session);
