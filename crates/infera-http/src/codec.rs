@@ -6,9 +6,9 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use infera_core::request::{InferRequest, InferResponse, InputTensor, RequestedOutput};
 use infera_core::{DataType, ServeError, Tensor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 /// Tensors in one request (inputs or outputs): more is refused before parsing them.
 pub const MAX_REQUEST_TENSORS: usize = 1024;
@@ -378,6 +378,30 @@ pub fn encode_response(
     decoded_binary: &[(String, bool)],
     binary_default: bool,
 ) -> (Bytes, Option<usize>) {
+    // Written straight from the response (a `serde_json::Value` tree cost a map per object
+    // and a value per output element); the keys keep the order they always had.
+    #[derive(Serialize)]
+    struct Head<'a> {
+        model_name: &'a str,
+        model_version: &'a str,
+        outputs: Vec<Entry<'a>>,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        id: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        name: &'a str,
+        datatype: &'static str,
+        shape: &'a [usize],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parameters: Option<BinarySize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<infera_core::tensor::JsonData<'a>>,
+    }
+    #[derive(Serialize)]
+    struct BinarySize {
+        binary_data_size: usize,
+    }
     let mut binary = BytesMut::new();
     let mut outputs = Vec::with_capacity(resp.outputs.len());
     for o in &resp.outputs {
@@ -385,29 +409,34 @@ pub fn encode_response(
             .iter()
             .find(|(n, _)| *n == o.name)
             .map_or(binary_default, |(_, b)| *b);
-        let mut entry = json!({
-            "name": o.name,
-            "datatype": o.tensor.dtype.as_str(),
-            "shape": o.tensor.shape,
-        });
-        if as_binary {
+        let (parameters, data) = if as_binary {
             let raw = o.tensor.to_raw();
-            entry["parameters"] = json!({ "binary_data_size": raw.len() });
             binary.put_slice(&raw);
+            (
+                Some(BinarySize {
+                    binary_data_size: raw.len(),
+                }),
+                None,
+            )
         } else {
-            entry["data"] = o.tensor.to_json();
-        }
-        outputs.push(entry);
+            (None, Some(o.tensor.json_data()))
+        };
+        outputs.push(Entry {
+            name: &o.name,
+            datatype: o.tensor.dtype.as_str(),
+            shape: &o.tensor.shape,
+            parameters,
+            data,
+        });
     }
-    let mut head = json!({
-        "model_name": resp.model_name,
-        "model_version": resp.model_version,
-        "outputs": outputs,
-    });
-    if !resp.id.is_empty() {
-        head["id"] = Value::String(resp.id.clone());
-    }
-    let head = head.to_string().into_bytes();
+    let head = Head {
+        model_name: &resp.model_name,
+        model_version: &resp.model_version,
+        outputs,
+        id: &resp.id,
+    };
+    // Strings, numbers and sequences only: writing them to a Vec cannot fail.
+    let head = serde_json::to_vec(&head).unwrap_or_default();
     if binary.is_empty() && !decoded_binary.iter().any(|(_, b)| *b) && !binary_default {
         return (Bytes::from(head), None);
     }
@@ -422,6 +451,7 @@ pub fn encode_response(
 mod tests {
     use super::*;
     use infera_core::request::OutputTensor;
+    use serde_json::json;
 
     fn no_raw() -> Result<RawInput, ServeError> {
         Err(invalid("no raw"))
@@ -537,6 +567,11 @@ mod tests {
         assert!(len.is_none());
         let all: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(all["outputs"][0]["data"], json!([1, 2]));
+        // The exact bytes, key order included, as clients that diff responses have seen them.
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"model_name":"m","model_version":"1","outputs":[{"name":"a","datatype":"INT32","shape":[2],"data":[1,2]},{"name":"b","datatype":"FP32","shape":[1],"data":[0.5]}],"id":"x"}"#
+        );
     }
 
     proptest::proptest! {

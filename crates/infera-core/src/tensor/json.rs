@@ -289,10 +289,103 @@ impl Tensor {
     }
 }
 
+/// A tensor's `data` serialized straight from its buffer, byte for byte what serializing
+/// [`Tensor::to_json`] gives, without a `Value` per element (the HTTP response encoder's path).
+pub struct JsonData<'a>(&'a Tensor);
+
+impl Tensor {
+    pub fn json_data(&self) -> JsonData<'_> {
+        JsonData(self)
+    }
+}
+
+impl serde::Serialize for JsonData<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        fn nums<T: Element, V: serde::Serialize, S: serde::Serializer>(
+            s: S,
+            b: &[u8],
+            f: impl Fn(T) -> V,
+        ) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(b.len() / T::SIZE))?;
+            for c in b.chunks_exact(T::SIZE) {
+                seq.serialize_element(&f(T::read_le(c)))?;
+            }
+            seq.end()
+        }
+        let raw = match &self.0.data {
+            super::TensorData::Strings(v) => {
+                let mut seq = s.serialize_seq(Some(v.len()))?;
+                for e in v {
+                    seq.serialize_element(&String::from_utf8_lossy(e))?;
+                }
+                return seq.end();
+            }
+            super::TensorData::Raw(b) => b,
+        };
+        // Floats go out as f64, as `to_json` writes them (serde_json writes a non-finite one
+        // as null, as `to_json`'s `Value::Null`).
+        match self.0.dtype {
+            DataType::Bool => nums::<u8, _, _>(s, raw, |b| b != 0),
+            DataType::U8 => nums::<u8, _, _>(s, raw, |x| x),
+            DataType::U16 => nums::<u16, _, _>(s, raw, |x| x),
+            DataType::U32 => nums::<u32, _, _>(s, raw, |x| x),
+            DataType::U64 => nums::<u64, _, _>(s, raw, |x| x),
+            DataType::I8 => nums::<i8, _, _>(s, raw, |x| x),
+            DataType::I16 => nums::<i16, _, _>(s, raw, |x| x),
+            DataType::I32 => nums::<i32, _, _>(s, raw, |x| x),
+            DataType::I64 => nums::<i64, _, _>(s, raw, |x| x),
+            DataType::F16 => nums::<half::f16, _, _>(s, raw, |x| x.to_f64()),
+            DataType::Bf16 => nums::<half::bf16, _, _>(s, raw, |x| x.to_f64()),
+            DataType::F32 => nums::<f32, _, _>(s, raw, f64::from),
+            DataType::F64 => nums::<f64, _, _>(s, raw, |x| x),
+            DataType::Bytes => s.serialize_seq(Some(0))?.end(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_data_writes_what_to_json_writes() {
+        let cases = [
+            (DataType::Bool, json!([true, false, true])),
+            (DataType::U8, json!([0, 7, 255])),
+            (DataType::U16, json!([0, 65535, 3])),
+            (DataType::U32, json!([0, 4294967295u32, 3])),
+            (DataType::U64, json!([0, u64::MAX, 3])),
+            (DataType::I8, json!([-128, 0, 127])),
+            (DataType::I16, json!([-32768, 0, 32767])),
+            (DataType::I32, json!([i32::MIN, 0, i32::MAX])),
+            (DataType::I64, json!([i64::MIN, 0, i64::MAX])),
+            (DataType::F16, json!([0.5, -2.25, 65504.0])),
+            (DataType::Bf16, json!([0.5, -2.25, 1e30])),
+            (DataType::F32, json!([0.1, -2.25, 3.4e38])),
+            (DataType::F64, json!([0.1, -2.25, 1e300])),
+            (DataType::Bytes, json!(["a", "héllo", ""])),
+        ];
+        for (dtype, data) in cases {
+            let t = Tensor::from_json(dtype, vec![3], &data).unwrap();
+            assert_eq!(
+                serde_json::to_string(&t.json_data()).unwrap(),
+                t.to_json().to_string(),
+                "{dtype:?}"
+            );
+        }
+        let mut nan = BytesMut::new();
+        for x in [f32::NAN, f32::INFINITY, 1.5] {
+            nan.put_f32_le(x);
+        }
+        let t = Tensor::from_raw(DataType::F32, vec![3], nan.freeze()).unwrap();
+        assert_eq!(
+            serde_json::to_string(&t.json_data()).unwrap(),
+            "[null,null,1.5]"
+        );
+        assert_eq!(t.to_json().to_string(), "[null,null,1.5]");
+    }
 
     #[test]
     fn json_round_trip_nested_and_flat() {

@@ -3,6 +3,8 @@
 
 mod json;
 
+pub use json::JsonData;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
